@@ -1,0 +1,272 @@
+"""Dynamic batching: group items of concurrent requests into one model call.
+
+The design follows huggingface text-embeddings-inference (a bounded queue that a
+single loop drains into batches of at most ``max_batch_size``) and LitServe's
+``max_batch_size`` / ``batch_timeout`` pair: after the first item arrives the loop
+waits at most ``max_wait_ms`` for more. The model runs on one dedicated thread so
+the event loop never blocks on torch, and batches run one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from siglip_serve.errors import (
+    DeadlineExceededError,
+    EngineUnavailableError,
+    InferenceError,
+    QueueFullError,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """Limits of one batcher; ``name`` (e.g. ``siglip-demo/image``) labels messages and metrics."""
+
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue_size: int = 1024
+    name: str = "batcher"
+
+
+class BatchObserver(Protocol):
+    """Metrics hooks. Errors raised by a hook are logged and swallowed; missing hooks are skipped."""
+
+    def on_batch(self, name: str, size: int, run_seconds: float) -> None: ...
+    def on_queue_wait(self, name: str, seconds: float) -> None: ...
+    def on_queue_depth(self, name: str, depth: int) -> None: ...
+
+
+class NoopObserver:
+    """An observer that records nothing; subclass it to implement only some hooks."""
+
+    def on_batch(self, name: str, size: int, run_seconds: float) -> None:
+        return None
+
+    def on_queue_wait(self, name: str, seconds: float) -> None:
+        return None
+
+    def on_queue_depth(self, name: str, depth: int) -> None:
+        return None
+
+
+@dataclass(eq=False)
+class _Pending(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
+    deadline: float | None
+    enqueued_at: float
+
+
+class DynamicBatcher(Generic[T, R]):
+    """Runs ``run_batch`` on batches formed from the items of concurrent ``submit`` calls.
+
+    ``run_batch`` must return one result per input, in order. Call ``start()`` from the
+    event loop that will call ``submit()``, and ``stop()`` before that loop ends.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[T]], Sequence[R]],
+        config: BatcherConfig,
+        *,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self._config = config
+        self._observer: Any = observer or NoopObserver()
+        self._queue: deque[_Pending[T, R]] = deque()
+        self._in_flight: list[_Pending[T, R]] = []
+        self._wakeup = asyncio.Event()
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._dead = False
+
+    @property
+    def healthy(self) -> bool:
+        """True while started, not stopping and the batch loop is alive."""
+        return self._task is not None and not self._closing and not self._dead
+
+    @property
+    def queue_depth(self) -> int:
+        """Items waiting for a batch (not counting the one being run)."""
+        return len(self._queue)
+
+    async def start(self) -> None:
+        """Start the batch loop and its worker thread. Starting twice is a no-op."""
+        if self._closing:
+            raise EngineUnavailableError(f"{self._config.name} was stopped and cannot be restarted")
+        if self._task is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._config.name)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"{self._config.name}-loop")
+
+    async def stop(self, *, drain: bool = True) -> None:
+        """Refuse new work; with ``drain`` finish queued items first, else fail them. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wakeup.set()
+        task = self._task
+        if task is not None and not task.done():
+            if not drain:
+                task.cancel()
+            await asyncio.wait([task])  # unlike `await task`, never raises the loop's CancelledError
+        self._fail_all(lambda: EngineUnavailableError(f"{self._config.name} is stopped"))
+        if self._executor is not None:
+            # A batch cut off by drain=False keeps its thread until it returns; don't wait for it.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, items: Sequence[T], *, deadline: float | None = None) -> list[R]:
+        """Run ``items`` (one request) and return their results in order.
+
+        ``deadline`` is an absolute ``time.monotonic()`` value. Raises QueueFullError when the
+        queue cannot take all items, DeadlineExceededError past the deadline, InferenceError
+        when the model fails on a batch, EngineUnavailableError when not serving.
+        """
+        name, limit = self._config.name, self._config.max_queue_size
+        if not self.healthy:
+            raise EngineUnavailableError(f"{name} is not serving (not started, stopping or failed)")
+        if not items:
+            return []
+        if len(items) > limit:
+            raise QueueFullError(f"{name}: a request of {len(items)} items can never fit a queue of {limit}")
+        if len(self._queue) + len(items) > limit:
+            raise QueueFullError(f"{name}: queue full ({len(self._queue)} of {limit} items waiting)")
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            raise DeadlineExceededError(f"{name}: deadline passed before the request was queued")
+        loop = asyncio.get_running_loop()
+        pending = [_Pending(item, loop.create_future(), deadline, now) for item in items]
+        self._queue.extend(pending)
+        self._wakeup.set()
+        self._notify("on_queue_depth", name, len(self._queue))
+        timeout = None if deadline is None else deadline - now
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*(p.future for p in pending)), timeout))
+        except TimeoutError as exc:
+            raise DeadlineExceededError(f"{name}: request waited past its deadline") from exc
+        finally:
+            self._forget(pending)
+
+    def _forget(self, pending: list[_Pending[T, R]]) -> None:
+        """Leave nothing of a finished request behind: cancel and unqueue its unfinished items."""
+        dropped = False
+        for p in pending:
+            if not p.future.done():
+                p.future.cancel()
+            if p.future.cancelled():
+                dropped = True
+            else:
+                p.future.exception()  # mark as retrieved: gather re-raises only the first error
+        if dropped:
+            live = [p for p in self._queue if not p.future.cancelled()]
+            self._queue.clear()
+            self._queue.extend(live)
+
+    async def _run(self) -> None:
+        try:
+            while (batch := await self._take_batch()) is not None:
+                if batch:
+                    await self._run_one(batch)
+        except Exception as exc:
+            # A bug in the loop: fail fast everywhere rather than let requests hang.
+            self._dead = True
+            logger.exception("%s: batch loop died", self._config.name)
+            message = f"{self._config.name}: batch loop died: {exc!r}"
+            self._fail_all(lambda: EngineUnavailableError(message), cause=exc)
+
+    async def _take_batch(self) -> list[_Pending[T, R]] | None:
+        """Wait for work, then up to max_wait_ms for a full batch; None when stopping and idle."""
+        cfg = self._config
+        while not self._queue:
+            if self._closing:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        until = time.monotonic() + cfg.max_wait_ms / 1000
+        while len(self._queue) < cfg.max_batch_size and not self._closing:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+        return self._pop_live(cfg.max_batch_size)
+
+    def _pop_live(self, size: int) -> list[_Pending[T, R]]:
+        """Pop up to ``size`` items, skipping abandoned ones and failing those past their deadline."""
+        now, batch = time.monotonic(), []
+        while self._queue and len(batch) < size:
+            p = self._queue.popleft()
+            if p.future.done():
+                continue
+            if p.deadline is not None and p.deadline <= now:
+                p.future.set_exception(DeadlineExceededError(f"{self._config.name}: deadline passed in queue"))
+                continue
+            batch.append(p)
+        self._notify("on_queue_depth", self._config.name, len(self._queue))
+        return batch
+
+    async def _run_one(self, batch: list[_Pending[T, R]]) -> None:
+        name, size = self._config.name, len(batch)
+        started = time.monotonic()
+        for p in batch:
+            self._notify("on_queue_wait", name, started - p.enqueued_at)
+        self._in_flight = batch
+        loop = asyncio.get_running_loop()
+        try:
+            results = list(await loop.run_in_executor(self._executor, self._run_batch, [p.item for p in batch]))
+        except Exception as exc:
+            logger.warning("%s: model failed on a batch of %d", name, size, exc_info=True)
+            self._settle_errors(batch, lambda: InferenceError(f"model failed on a batch of {size}: {exc}"), exc)
+        else:
+            if len(results) != size:
+                message = f"run_batch returned a wrong number of results: expected {size}, got {len(results)}"
+                logger.error("%s: %s", name, message)
+                self._settle_errors(batch, lambda: InferenceError(message))
+            else:
+                for p, result in zip(batch, results, strict=True):
+                    if not p.future.done():
+                        p.future.set_result(result)
+        self._in_flight = []
+        self._notify("on_batch", name, size, time.monotonic() - started)
+
+    @staticmethod
+    def _settle_errors(
+        batch: list[_Pending[T, R]], make: Callable[[], Exception], cause: BaseException | None = None
+    ) -> None:
+        # One exception object per future: a shared one would collect every awaiter's traceback.
+        for p in batch:
+            if not p.future.done():
+                error = make()
+                error.__cause__ = cause
+                p.future.set_exception(error)
+
+    def _fail_all(self, make: Callable[[], Exception], cause: BaseException | None = None) -> None:
+        self._settle_errors([*self._in_flight, *self._queue], make, cause)
+        self._queue.clear()
+        self._in_flight = []
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        method = getattr(self._observer, hook, None)
+        if method is None:
+            return
+        try:
+            method(*args)
+        except Exception:
+            logger.warning("%s: observer hook %s failed", self._config.name, hook, exc_info=True)

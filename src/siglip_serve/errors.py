@@ -1,0 +1,91 @@
+"""Domain errors: one type per failure a user can cause.
+
+The library raises these; `siglip_serve.api.errors` maps each type to an HTTP
+status in one place. Every error can name the offending item (``param``), for
+example ``input[3]`` or ``labels``, so that a caller knows what to fix.
+"""
+
+from __future__ import annotations
+
+
+class SiglipServeError(Exception):
+    """Base class. ``param`` names the offending field or item, when there is one."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        self.message = f"{param}: {message}" if param else message
+        self.param = param
+        super().__init__(self.message)
+
+    def at(self, param: str) -> SiglipServeError:
+        """Return the same error re-labelled with the item it concerns (e.g. ``input[2]``)."""
+        bare = self.message.removeprefix(f"{self.param}: ") if self.param else self.message
+        return type(self)(bare, param=param)
+
+
+# --- bad input ---------------------------------------------------------------
+
+
+class InvalidImageError(SiglipServeError):
+    """Bytes that are not a decodable image: corrupt, truncated or an unsupported format."""
+
+
+class EmptyImageError(SiglipServeError):
+    """An image with zero width or height."""
+
+
+class ImageTooLargeError(SiglipServeError):
+    """An image over the configured pixel limit (decompression-bomb guard)."""
+
+
+class ImageFetchError(SiglipServeError):
+    """An image URL that could not be fetched: timeout, HTTP error, size limit, refused address."""
+
+
+class EmptyInputError(SiglipServeError):
+    """An empty label list, an empty text or an empty list of inputs."""
+
+
+class InvalidTemplateError(SiglipServeError):
+    """A hypothesis template without exactly one ``{}`` placeholder."""
+
+
+class TooManyInputsError(SiglipServeError):
+    """More inputs, labels or documents than the configured limit."""
+
+
+# --- checkpoints -------------------------------------------------------------
+
+
+class CheckpointNotFoundError(SiglipServeError):
+    """A spec that is neither a local directory nor a hub id that can be resolved."""
+
+
+class InvalidCheckpointError(SiglipServeError):
+    """A checkpoint directory with missing or inconsistent files."""
+
+
+class UnsupportedModelError(SiglipServeError):
+    """A checkpoint of a model type this server does not implement."""
+
+
+# --- serving -----------------------------------------------------------------
+
+
+class UnknownModelError(SiglipServeError):
+    """A request for a model name that is not being served."""
+
+
+class QueueFullError(SiglipServeError):
+    """The engine's queue is full: the caller should retry later."""
+
+
+class DeadlineExceededError(SiglipServeError):
+    """A request waited longer than its deadline."""
+
+
+class EngineUnavailableError(SiglipServeError):
+    """The engine cannot serve (not started, stopping, or its batch loop died)."""
+
+
+class InferenceError(SiglipServeError):
+    """The model raised while running a batch."""

@@ -1,0 +1,179 @@
+"""The library API: load a checkpoint, embed images and texts, classify zero-shot.
+
+Works without any server::
+
+    import siglip_serve
+    model = siglip_serve.load("google/siglip-base-patch16-224")
+    model.classify(["cat.jpg"], ["cat", "dog"])  # [[("cat", 0.93), ("dog", 0.01)]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from siglip_serve.engine.scoring import (
+    Normalization,
+    ensemble_templates,
+    l2_normalize,
+    logits,
+    probabilities,
+    ranked,
+)
+from siglip_serve.errors import EmptyInputError, InvalidTemplateError, SiglipServeError
+from siglip_serve.models.checkpoint import Checkpoint
+from siglip_serve.models.loader import load_checkpoint
+from siglip_serve.preprocess.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from siglip_serve.preprocess.text import check_text
+
+DEFAULT_TEMPLATE = "This is a photo of {}."  # HF zero-shot pipeline and the SigLIP model cards
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str
+    format: str
+    image_size: int
+    patch_size: int
+    embed_dim: int
+    text_length: int
+
+
+def format_prompts(labels: Sequence[str], templates: str | Sequence[str] | None) -> list[list[str]]:
+    """[templates][labels] prompt texts. Validates labels and templates, naming the bad one."""
+    if not labels:
+        raise EmptyInputError("at least one label is required", param="labels")
+    for index, label in enumerate(labels):
+        check_text(label, param=f"labels[{index}]")
+    template_list = [DEFAULT_TEMPLATE] if templates is None else (
+        [templates] if isinstance(templates, str) else list(templates)
+    )
+    if not template_list:
+        raise EmptyInputError("at least one template is required", param="hypothesis_template")
+    for index, template in enumerate(template_list):
+        if not isinstance(template, str) or template.count("{}") != 1:
+            raise InvalidTemplateError(
+                f"template {template!r} must contain exactly one '{{}}' placeholder",
+                param=f"hypothesis_template[{index}]" if len(template_list) > 1 else "hypothesis_template",
+            )
+    return [[template.replace("{}", label) for label in labels] for template in template_list]
+
+
+class Model:
+    """A loaded SigLIP-family checkpoint with its preprocessing, tokenizer and scoring."""
+
+    def __init__(self, checkpoint: Checkpoint, *, max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 32):
+        self.checkpoint = checkpoint
+        self.max_pixels = max_pixels
+        self.batch_size = batch_size
+
+    @property
+    def info(self) -> ModelInfo:
+        c = self.checkpoint
+        return ModelInfo(
+            name=c.name,
+            family=c.family.value,
+            format=c.format,
+            image_size=c.image_transform.height,
+            patch_size=c.patch_size,
+            embed_dim=c.embed_dim,
+            text_length=c.tokenizer.length,
+        )
+
+    # --- per-item preparation (CPU; the server runs these in a worker pool) ---
+
+    def prepare_image(self, source: ImageSource) -> np.ndarray:
+        """Decode and preprocess one image to the [3, H, W] float32 array the vision tower takes."""
+        return self.checkpoint.image_transform(load_image(source, max_pixels=self.max_pixels))
+
+    def prepare_images(self, images: Sequence[ImageSource]) -> list[np.ndarray]:
+        if not images:
+            raise EmptyInputError("at least one image is required", param="input")
+        prepared = []
+        for index, source in enumerate(images):
+            try:
+                prepared.append(self.prepare_image(source))
+            except SiglipServeError as exc:
+                raise exc.at(f"input[{index}]") from None
+        return prepared
+
+    # --- embeddings ---
+
+    def encode_prepared_images(self, pixels: Sequence[np.ndarray]) -> torch.Tensor:
+        """Raw (unnormalized) embeddings of preprocessed images, in chunks of `batch_size`."""
+        chunks = [
+            self.checkpoint.towers.encode_images(torch.from_numpy(np.stack(pixels[i : i + self.batch_size])))
+            for i in range(0, len(pixels), self.batch_size)
+        ]
+        return torch.cat(chunks)
+
+    def embed_images(self, images: Sequence[ImageSource], *, normalize: bool = True) -> torch.Tensor:
+        """[N, D] float32 embeddings of paths, bytes or PIL images; L2-normalized unless asked."""
+        embeds = self.encode_prepared_images(self.prepare_images(images))
+        return l2_normalize(embeds) if normalize else embeds
+
+    def embed_texts(self, texts: Sequence[str], *, normalize: bool = True) -> torch.Tensor:
+        """[N, D] float32 text embeddings (texts are used as given: no template)."""
+        if not texts:
+            raise EmptyInputError("at least one text is required", param="input")
+        ids = self.checkpoint.tokenizer(texts)
+        embeds = torch.cat([
+            self.checkpoint.towers.encode_texts(ids[i : i + self.batch_size])
+            for i in range(0, len(ids), self.batch_size)
+        ])
+        return l2_normalize(embeds) if normalize else embeds
+
+    def embed_labels(self, labels: Sequence[str], templates: str | Sequence[str] | None = None) -> torch.Tensor:
+        """[labels, D] normalized class embeddings, ensembled over templates."""
+        prompts = format_prompts(labels, templates)
+        flat = self.embed_texts([p for row in prompts for p in row], normalize=False)
+        return ensemble_templates(flat.reshape(len(prompts), len(labels), -1))
+
+    # --- scores ---
+
+    def logits(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """[I, T] SigLIP logits exp(logit_scale)*cos + logit_bias, with the checkpoint's values."""
+        return logits(image_embeds, text_embeds, self.checkpoint.towers.temperature)
+
+    def score(self, images: Sequence[ImageSource], texts: Sequence[str]) -> torch.Tensor:
+        """[I, T] independent sigmoid probabilities of each (image, text) pair (texts used as given)."""
+        return self.logits(self.embed_images(images), self.embed_texts(texts)).sigmoid()
+
+    def classify(
+        self,
+        images: Sequence[ImageSource],
+        labels: Sequence[str],
+        *,
+        templates: str | Sequence[str] | None = None,
+        normalization: str = "sigmoid",
+        top_k: int | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Zero-shot classification: per image, (label, probability) pairs sorted by probability.
+
+        Sigmoid probabilities are independent per label and need not sum to 1;
+        ``normalization="softmax"`` gives a distribution over the given labels instead.
+        """
+        label_embeds = self.embed_labels(labels, templates)
+        probs = probabilities(
+            self.logits(self.embed_images(images), label_embeds), Normalization(normalization)
+        )
+        return [ranked(list(labels), row, top_k) for row in probs]
+
+
+def load(
+    spec: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    batch_size: int = 32,
+) -> Model:
+    """Load a checkpoint from a local directory or a Hugging Face hub id.
+
+    ``device="auto"`` uses CUDA when present, else the CPU; ``dtype="auto"`` is float32.
+    """
+    return Model(load_checkpoint(spec, device=device, dtype=dtype), max_pixels=max_pixels, batch_size=batch_size)

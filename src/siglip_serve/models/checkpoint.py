@@ -1,0 +1,64 @@
+"""A loaded checkpoint: towers, image transform and tokenizer, whatever the on-disk format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from siglip_serve.errors import InvalidCheckpointError
+from siglip_serve.models.registry import KnownCheckpoint, find_known
+from siglip_serve.models.towers import SiglipTowers
+from siglip_serve.preprocess.images import ImageTransform
+from siglip_serve.preprocess.text import FixedLengthTokenizer
+
+PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}
+
+
+class Family(StrEnum):
+    SIGLIP = "siglip"
+    SIGLIP2 = "siglip2"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str
+    directory: Path
+    family: Family
+    format: str
+    towers: SiglipTowers
+    image_transform: ImageTransform
+    tokenizer: FixedLengthTokenizer
+    embed_dim: int
+    patch_size: int
+
+    @property
+    def known(self) -> KnownCheckpoint | None:
+        return find_known(self.name)
+
+
+def cross_check_known(checkpoint: Checkpoint, *, spec: str) -> None:
+    """A listed checkpoint whose files disagree with the table is a broken download or a wrong id."""
+    known = find_known(spec)
+    if known is None:
+        return
+    found = {
+        "family": checkpoint.family.value,
+        "text_length": checkpoint.tokenizer.length,
+        "embed_dim": checkpoint.embed_dim,
+        "resample": checkpoint.image_transform.resample,
+        "image_size": checkpoint.image_transform.height,
+    }
+    expected = {
+        "family": known.family,
+        "text_length": known.text_length,
+        "embed_dim": known.embed_dim,
+        "resample": PIL_FILTERS[known.resample],
+        "image_size": known.image_size,
+    }
+    wrong = [f"{key}: files say {found[key]}, table says {expected[key]}"
+             for key in found if expected[key] is not None and found[key] != expected[key]]
+    if wrong:
+        raise InvalidCheckpointError(
+            f"{checkpoint.directory} does not match the known facts of {spec}: {'; '.join(wrong)}"
+        )

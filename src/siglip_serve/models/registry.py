@@ -1,0 +1,101 @@
+"""Known checkpoints (data in `known_checkpoints.toml`) and resolution of a model spec to a directory.
+
+A spec is a local directory, a Hugging Face hub id (``google/siglip-base-patch16-512``)
+or either with a prefix (``local-dir:PATH``, ``hf-hub:ID``), as open_clip's factory parses them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from siglip_serve.errors import CheckpointNotFoundError
+
+# Files a SigLIP checkpoint may need; everything else in a hub repo (other weight formats,
+# READMEs, images) is not downloaded.
+HUB_ALLOW_PATTERNS = [
+    "*.json",
+    "model.safetensors",
+    "open_clip_model.safetensors",
+    "spiece.model",
+    "tokenizer.model",
+]
+
+
+@dataclass(frozen=True)
+class KnownCheckpoint:
+    id: str
+    family: str
+    format: str
+    patch_size: int
+    resample: str
+    text_length: int
+    embed_dim: int
+    seed: bool = False
+    image_size: int | None = None
+    max_num_patches: int | None = None
+    params_m: float | None = None
+    gflops_per_image: float | None = None
+    imagenet_zero_shot: float | None = None
+    accuracy_source: str | None = None
+    note: str | None = None
+
+
+@cache
+def known_checkpoints() -> tuple[KnownCheckpoint, ...]:
+    text = resources.files("siglip_serve.models").joinpath("known_checkpoints.toml").read_text()
+    names = {f.name for f in fields(KnownCheckpoint)}
+    rows = tomllib.loads(text)["checkpoint"]
+    for row in rows:
+        unknown = set(row) - names
+        if unknown:
+            raise ValueError(f"known_checkpoints.toml: unknown fields {sorted(unknown)} in {row['id']}")
+    return tuple(KnownCheckpoint(**row) for row in rows)
+
+
+def find_known(spec: str) -> KnownCheckpoint | None:
+    repo_id = spec.removeprefix("hf-hub:")
+    return next((c for c in known_checkpoints() if c.id == repo_id), None)
+
+
+def resolve_checkpoint_dir(spec: str) -> Path:
+    """Return a local directory holding the checkpoint named by `spec`.
+
+    Hub ids go through huggingface_hub's cache: downloaded when online, read from the
+    cache when offline (HF_HUB_OFFLINE=1), and a clear error when neither works.
+    """
+    if spec.startswith("local-dir:"):
+        path = Path(spec.removeprefix("local-dir:")).expanduser()
+        if not path.is_dir():
+            raise CheckpointNotFoundError(f"local checkpoint directory {str(path)!r} does not exist")
+        return path
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    repo_id = spec.removeprefix("hf-hub:")
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")) or os.sep in repo_id.split("/")[0]:
+        raise CheckpointNotFoundError(
+            f"{spec!r} is neither an existing directory nor a Hugging Face hub id like 'google/siglip-base-patch16-224'"
+        )
+    return _download_from_hub(repo_id)
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS))
+    except LocalEntryNotFoundError:
+        raise CheckpointNotFoundError(
+            f"{repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached "
+            "(offline, or HF_HUB_OFFLINE=1). On a machine with network access run "
+            f"`hf download {repo_id}` (or copy the checkpoint directory here) and pass the "
+            "directory or the id again."
+        ) from None
+    except (RepositoryNotFoundError, HFValidationError) as exc:
+        raise CheckpointNotFoundError(f"hub id {repo_id!r} cannot be resolved: {exc}") from None

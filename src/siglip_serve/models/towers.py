@@ -1,0 +1,76 @@
+"""The two towers of a loaded checkpoint: tensors in, raw embeddings out.
+
+Knows nothing of queues, HTTP or files. Format adapters (`hf.py`, later
+`open_clip.py`) build a transformers `SiglipModel` and hand it here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' is float32 everywhere: half precision is opt-in until benchmarks prove it safe."""
+    if dtype == "auto":
+        return torch.float32
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}") from None
+
+
+@dataclass(frozen=True)
+class Temperature:
+    """SigLIP's learned score parameters, read from the checkpoint (never hard-coded)."""
+
+    logit_scale: float  # stored as a log; the multiplier is exp(logit_scale)
+    logit_bias: float
+
+
+class SiglipTowers:
+    """Runs a transformers SigLIP model's vision and text towers without any mask."""
+
+    def __init__(self, module: torch.nn.Module, *, device: torch.device, dtype: torch.dtype) -> None:
+        # Read the temperature in the checkpoint's precision before any cast to half.
+        self.temperature = Temperature(
+            logit_scale=float(module.logit_scale.detach().float().reshape(())),
+            logit_bias=float(module.logit_bias.detach().float().reshape(())),
+        )
+        self.device = device
+        self.dtype = dtype
+        self.module = module.to(device=device, dtype=dtype).eval()
+
+    @torch.inference_mode()
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] normalized pixels -> [B, D] float32 CPU embeddings (not normalized)."""
+        pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
+        pooled = self.module.vision_model(pixel_values=pixel_values).pooler_output
+        return pooled.float().cpu()
+
+    @torch.inference_mode()
+    def encode_texts(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] fixed-length ids -> [B, D] float32 CPU embeddings (not normalized).
+
+        No attention mask, by design: the tower was trained without one and pools position L-1.
+        """
+        input_ids = input_ids.to(self.device, non_blocking=True)
+        pooled = self.module.text_model(input_ids=input_ids).pooler_output
+        return pooled.float().cpu()
