@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 import tiny_checkpoints
+from PIL import Image
 
 # Never reach a hub from a test.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

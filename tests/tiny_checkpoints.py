@@ -16,12 +16,15 @@ from pathlib import Path
 import torch
 
 WORDS = (
-    "a photo of the cat dog car bird tree house red green blue yellow small big hot dog "
-    "this is an image with two three on in at by playing running sleeping under over near "
-    "picture drawing painting sketch close up dark bright street beach mountain river city "
-    "sunset night day flower airplane boat train bus bicycle person people child woman man "
-    "apple banana orange pizza sandwich cake chair table sofa bed computer phone book clock"
-).split()
+    "a", "photo", "of", "the", "cat", "dog", "car", "bird", "tree", "house", "red", "green",
+    "blue", "yellow", "small", "big", "hot", "dog", "this", "is", "an", "image", "with", "two",
+    "three", "on", "in", "at", "by", "playing", "running", "sleeping", "under", "over", "near",
+    "picture", "drawing", "painting", "sketch", "close", "up", "dark", "bright", "street", "beach",
+    "mountain", "river", "city", "sunset", "night", "day", "flower", "airplane", "boat", "train",
+    "bus", "bicycle", "person", "people", "child", "woman", "man", "apple", "banana", "orange",
+    "pizza", "sandwich", "cake", "chair", "table", "sofa", "bed", "computer", "phone", "book",
+    "clock",
+)
 
 # Non-trivial temperature: bias near 0 so sigmoids do not saturate (shared notes §1).
 LOGIT_SCALE = math.log(10.0)

@@ -157,11 +157,31 @@ class Model:
         Sigmoid probabilities are independent per label and need not sum to 1;
         ``normalization="softmax"`` gives a distribution over the given labels instead.
         """
-        label_embeds = self.embed_labels(labels, templates)
-        probs = probabilities(
-            self.logits(self.embed_images(images), label_embeds), Normalization(normalization)
+        return self.classify_embeddings(
+            self.embed_images(images), self.embed_labels(labels, templates), labels,
+            normalization=normalization, top_k=top_k,
         )
+
+    def classify_embeddings(
+        self,
+        image_embeds: torch.Tensor,
+        label_embeds: torch.Tensor,
+        labels: Sequence[str],
+        *,
+        normalization: str = "sigmoid",
+        top_k: int | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """`classify` on embeddings already computed (the server and CLI reuse label embeddings)."""
+        probs = probabilities(self.logits(image_embeds, label_embeds), Normalization(normalization))
         return [ranked(list(labels), row, top_k) for row in probs]
+
+
+def quiet_transformers() -> None:
+    """No progress bars or config warnings from transformers on the CLI and server."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
 
 
 def load(

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sample_images import sample_images
 from transformers import AutoTokenizer, SiglipImageProcessorPil, SiglipModel
 
 import siglip_serve
-from sample_images import sample_images
 
 TEXTS = [
     "a photo of a cat",

@@ -16,15 +16,25 @@ from pathlib import Path
 from typing import TypeAlias
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import (  # noqa: F401  the plugins register the formats we accept
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
 
 from siglip_serve.errors import EmptyImageError, ImageTooLargeError, InvalidImageError
 
 ImageSource: TypeAlias = "str | Path | bytes | bytearray | memoryview | Image.Image"
 
-# Formats the issue names; PIL parses many exotic formats we would rather not expose.
-# MPO is how PIL reports multi-picture JPEGs from phone cameras.
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Formats we accept; PIL parses many exotic formats we would rather not expose. The JPEG
+# opener also yields MPO (multi-picture JPEGs from phone cameras).
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 # 64 MP: a 8000x8000 photo passes, a decompression bomb does not.
 DEFAULT_MAX_PIXELS = 64_000_000
