@@ -49,8 +49,20 @@ class InvalidTemplateError(SiglipServeError):
     """A hypothesis template without exactly one ``{}`` placeholder."""
 
 
+class InvalidParameterError(SiglipServeError):
+    """A request parameter this model cannot honour (e.g. `dimensions` other than its embedding size)."""
+
+
 class TooManyInputsError(SiglipServeError):
     """More inputs, labels or documents than the configured limit."""
+
+
+class RequestTooLargeError(SiglipServeError):
+    """A request body over the configured byte limit."""
+
+
+class AuthenticationError(SiglipServeError):
+    """A missing or wrong API key."""
 
 
 # --- checkpoints -------------------------------------------------------------

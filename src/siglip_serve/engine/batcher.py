@@ -50,17 +50,8 @@ class BatchObserver(Protocol):
     def on_queue_depth(self, name: str, depth: int) -> None: ...
 
 
-class NoopObserver:
+class NoopObserver(BatchObserver):
     """An observer that records nothing; subclass it to implement only some hooks."""
-
-    def on_batch(self, name: str, size: int, run_seconds: float) -> None:
-        return None
-
-    def on_queue_wait(self, name: str, seconds: float) -> None:
-        return None
-
-    def on_queue_depth(self, name: str, depth: int) -> None:
-        return None
 
 
 @dataclass(eq=False)
@@ -216,7 +207,8 @@ class DynamicBatcher(Generic[T, R]):
             if p.future.done():
                 continue
             if p.deadline is not None and p.deadline <= now:
-                p.future.set_exception(DeadlineExceededError(f"{self._config.name}: deadline passed in queue"))
+                expired = DeadlineExceededError(f"{self._config.name}: deadline passed in the queue")
+                p.future.set_exception(expired)
                 continue
             batch.append(p)
         self._notify("on_queue_depth", self._config.name, len(self._queue))
@@ -228,21 +220,22 @@ class DynamicBatcher(Generic[T, R]):
         for p in batch:
             self._notify("on_queue_wait", name, started - p.enqueued_at)
         self._in_flight = batch
-        loop = asyncio.get_running_loop()
+        items, loop = [p.item for p in batch], asyncio.get_running_loop()
         try:
-            results = list(await loop.run_in_executor(self._executor, self._run_batch, [p.item for p in batch]))
+            results = list(await loop.run_in_executor(self._executor, self._run_batch, items))
         except Exception as exc:
             logger.warning("%s: model failed on a batch of %d", name, size, exc_info=True)
-            self._settle_errors(batch, lambda: InferenceError(f"model failed on a batch of {size}: {exc}"), exc)
+            failed = f"model failed on a batch of {size}: {exc}"
+            self._settle_errors(batch, lambda: InferenceError(failed), exc)
         else:
-            if len(results) != size:
-                message = f"run_batch returned a wrong number of results: expected {size}, got {len(results)}"
-                logger.error("%s: %s", name, message)
-                self._settle_errors(batch, lambda: InferenceError(message))
-            else:
+            if len(results) == size:
                 for p, result in zip(batch, results, strict=True):
                     if not p.future.done():
                         p.future.set_result(result)
+            else:
+                wrong = f"run_batch returned a wrong number of results: expected {size}, got {len(results)}"
+                logger.error("%s: %s", name, wrong)
+                self._settle_errors(batch, lambda: InferenceError(wrong))
         self._in_flight = []
         self._notify("on_batch", name, size, time.monotonic() - started)
 

@@ -1,0 +1,140 @@
+"""The FastAPI application: routes, error mapping, body limit, request metrics, engine lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from siglip_serve.api.errors import error_response, install_error_handlers
+from siglip_serve.api.routes import public, router
+from siglip_serve.config import Settings
+
+if TYPE_CHECKING:
+    from siglip_serve.engine.engine import Engine
+    from siglip_serve.metrics import Metrics
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """The app; without `engine`, the models in `settings` are loaded when the app starts."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if app.state.engine is None:
+            from siglip_serve.api.server import build_engine
+
+            app.state.engine = await _in_thread(build_engine, settings)
+        await app.state.engine.start()
+        try:
+            yield
+        finally:
+            await app.state.engine.stop(drain=True)
+
+    app = FastAPI(title="siglip-serve", version="0.1.0", lifespan=lifespan,
+                  summary="OpenAI-compatible zero-shot image classification and embeddings for SigLIP models")
+    app.state.settings = settings
+    app.state.engine = engine
+    install_error_handlers(app)
+    app.include_router(router)
+    app.include_router(public)
+    app.add_middleware(RequestMetrics, app_ref=app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    return app
+
+
+async def _in_thread(fn, *args):
+    import asyncio
+
+    return await asyncio.to_thread(fn, *args)
+
+
+class BodyLimit:
+    """413 for bodies over `max_bytes`, by Content-Length or while reading a chunked body.
+
+    The body is read here and replayed to the app, because FastAPI would turn an error
+    raised while it reads the body into a generic 400.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._reject(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(413, f"request body is over the limit of {self.max_bytes} bytes",
+                                  type_="invalid_request_error", code="RequestTooLargeError")
+        await response(scope, receive, send)
+
+
+class RequestMetrics:
+    """Counts requests and errors by route template and status."""
+
+    def __init__(self, app: ASGIApp, app_ref: FastAPI) -> None:
+        self.app = app
+        self.app_ref = app_ref
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}
+
+        async def tracking_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            self._record(scope, status["code"])
+
+    def _record(self, scope: Scope, code: int) -> None:
+        engine = self.app_ref.state.engine
+        if engine is None:
+            return
+        metrics: Metrics = engine.metrics
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(path, str(code)).inc()
+        if code >= 400:
+            metrics.errors.labels(path, str(code), _error_type(code)).inc()
+
+
+def _error_type(code: int) -> str:
+    return {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "too_large", 422: "invalid",
+            429: "overloaded", 499: "client_closed", 503: "unavailable", 504: "timeout"}.get(code, "other")

@@ -1,0 +1,111 @@
+"""Domain errors -> HTTP status and OpenAI's error body, in one place.
+
+Body: ``{"error": {"message", "type", "param", "code"}}`` as the OpenAI API returns it,
+so that the official clients raise their matching exception types.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from siglip_serve import errors
+
+# (status, OpenAI error type) per domain error; the most specific class wins (MRO order).
+STATUS: dict[type[errors.SiglipServeError], tuple[int, str]] = {
+    errors.InvalidImageError: (400, "invalid_request_error"),
+    errors.EmptyImageError: (400, "invalid_request_error"),
+    errors.ImageTooLargeError: (400, "invalid_request_error"),
+    errors.ImageFetchError: (400, "invalid_request_error"),
+    errors.EmptyInputError: (400, "invalid_request_error"),
+    errors.InvalidTemplateError: (400, "invalid_request_error"),
+    errors.TooManyInputsError: (400, "invalid_request_error"),
+    errors.InvalidParameterError: (400, "invalid_request_error"),
+    errors.RequestTooLargeError: (413, "invalid_request_error"),
+    errors.AuthenticationError: (401, "authentication_error"),
+    errors.UnknownModelError: (404, "not_found_error"),
+    errors.QueueFullError: (429, "rate_limit_error"),
+    errors.DeadlineExceededError: (504, "timeout_error"),
+    errors.EngineUnavailableError: (503, "service_unavailable_error"),
+    errors.InferenceError: (500, "server_error"),
+    errors.CheckpointNotFoundError: (500, "server_error"),
+    errors.InvalidCheckpointError: (500, "server_error"),
+    errors.UnsupportedModelError: (500, "server_error"),
+}
+RETRY_AFTER_S = "1"
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its answer was ready; its queued work has been cancelled."""
+
+
+def status_of(exc: errors.SiglipServeError) -> tuple[int, str]:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500, "server_error"
+
+
+def error_response(status: int, message: str, *, type_: str, param: str | None = None,
+                   code: str | None = None) -> JSONResponse:
+    headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def domain_error_response(exc: errors.SiglipServeError) -> JSONResponse:
+    status, type_ = status_of(exc)
+    return error_response(status, exc.message, type_=type_, param=exc.param, code=type(exc).__name__)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.SiglipServeError)
+    async def _domain(request: Request, exc: errors.SiglipServeError) -> JSONResponse:
+        return domain_error_response(exc)
+
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(request: Request, exc: ClientDisconnected) -> JSONResponse:
+        # nginx's 499 "client closed request": recorded in metrics, never seen by anyone.
+        return error_response(499, "client closed the connection", type_="client_closed")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = exc.errors()
+        first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            return error_response(400, f"request body is not valid JSON: {first.get('msg')}",
+                                  type_="invalid_request_error", code="invalid_json")
+        param = _param_name(first.get("loc", ()))
+        details = "; ".join(f"{_param_name(p.get('loc', ()))}: {p.get('msg')}" for p in problems[:5])
+        return error_response(422, details, type_="invalid_request_error", param=param, code="invalid_field")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), type_="invalid_request_error")
+
+    @app.exception_handler(json.JSONDecodeError)
+    async def _json(request: Request, exc: json.JSONDecodeError) -> JSONResponse:
+        return error_response(400, f"request body is not valid JSON: {exc}", type_="invalid_request_error",
+                              code="invalid_json")
+
+
+def _param_name(loc: tuple | list) -> str:
+    """('body', 'input', 3) -> 'input[3]'; union branch names pydantic adds are dropped."""
+    name = ""
+    for part in loc:
+        if part == "body":
+            continue
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif isinstance(part, str) and (part[:1].isupper() or part in {"str", "list[...]", "function-after"}
+                                        or "[" in part):
+            continue
+        else:
+            name += f".{part}" if name else part
+    return name or "body"

@@ -1,0 +1,172 @@
+"""Thin HTTP handlers: validate limits, call the engine, shape the response."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from siglip_serve.api import protocol as p
+from siglip_serve.api.errors import ClientDisconnected, error_response
+from siglip_serve.api.security import require_api_key
+from siglip_serve.config import Settings
+from siglip_serve.engine.engine import Engine
+from siglip_serve.engine.inputs import Input
+from siglip_serve.errors import EmptyInputError, InvalidParameterError, TooManyInputsError
+
+T = TypeVar("T")
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+public = APIRouter()
+
+
+def engine_of(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def deadline_of(request: Request) -> float:
+    return time.monotonic() + settings_of(request).request_timeout_s
+
+
+def check_count(items: Sequence[object], *, limit: int, param: str) -> None:
+    if not items:
+        raise EmptyInputError(f"{param} must not be empty", param=param)
+    if len(items) > limit:
+        raise TooManyInputsError(f"{len(items)} items, over the limit of {limit}", param=param)
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it (and so its queued batch items) if the client goes away (as vLLM does)."""
+    task = asyncio.ensure_future(work)
+
+    async def wait_for_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(wait_for_disconnect())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientDisconnected
+    return task.result()
+
+
+def usage(u) -> p.Usage:
+    return p.Usage(**u.as_dict())
+
+
+@router.post("/v1/embeddings", response_model=p.EmbeddingsResponse)
+async def embeddings(body: p.EmbeddingsRequest, request: Request) -> p.EmbeddingsResponse:
+    engine = engine_of(request)
+    served = engine.resolve(body.model)
+    inputs = body.to_inputs()
+    check_count(inputs, limit=settings_of(request).max_inputs, param="input")
+    if body.dimensions is not None and body.dimensions != served.model.info.embed_dim:
+        raise InvalidParameterError(
+            f"this model's embeddings have {served.model.info.embed_dim} dimensions, not {body.dimensions}",
+            param="dimensions",
+        )
+    embeds, used = await until_disconnect(
+        request, engine.embed(served, inputs, normalize=body.normalize, deadline=deadline_of(request))
+    )
+    data = [p.EmbeddingData(index=i, embedding=encode_embedding(row, body.encoding_format))
+            for i, row in enumerate(embeds)]
+    return p.EmbeddingsResponse(data=data, model=served.name, usage=usage(used))
+
+
+def encode_embedding(row: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":  # little-endian float32, as OpenAI's API and clients use
+        return base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
+    return row.tolist()
+
+
+@router.post("/v1/classify", response_model=p.ClassifyResponse)
+async def classify(body: p.ClassifyRequest, request: Request) -> p.ClassifyResponse:
+    engine, settings = engine_of(request), settings_of(request)
+    served = engine.resolve(body.model)
+    images = body.to_inputs()
+    check_count(images, limit=settings.max_inputs, param="input")
+    check_count(body.labels, limit=settings.max_labels, param="labels")
+    results, used = await until_disconnect(request, engine.classify(
+        served, images, body.labels, templates=body.hypothesis_template, normalization=body.normalization,
+        top_k=body.top_k, deadline=deadline_of(request),
+    ))
+    data = [
+        p.Classification(index=i, prediction=ranked[0][0], score=ranked[0][1],
+                         predictions=[p.LabelScore(label=label, score=score) for label, score in ranked])
+        for i, ranked in enumerate(results)
+    ]
+    return p.ClassifyResponse(model=served.name, data=data, usage=usage(used))
+
+
+@router.post("/v1/rerank", response_model=p.RerankResponse, response_model_exclude_none=True)
+async def rerank(body: p.RerankRequest, request: Request) -> p.RerankResponse:
+    engine = engine_of(request)
+    served = engine.resolve(body.model)
+    documents = body.to_documents()
+    check_count(documents, limit=settings_of(request).max_documents, param="documents")
+    order, used = await until_disconnect(request, engine.rerank(
+        served, body.to_query(), documents, top_n=body.top_n, deadline=deadline_of(request)
+    ))
+    results = [
+        p.RerankResult(index=i, relevance_score=score,
+                       document=_as_item(body.documents[i]) if body.return_documents else None)
+        for i, score in order
+    ]
+    return p.RerankResponse(model=served.name, results=results, usage=usage(used))
+
+
+def _as_item(document: p.Item) -> p.TextItem | p.ImageItem:
+    return p.TextItem(text=document) if isinstance(document, str) else document
+
+
+@router.post("/models/{model:path}", response_model=list[p.LabelScore])
+async def hf_zero_shot(model: str, body: p.HFZeroShotRequest, request: Request) -> list[p.LabelScore]:
+    """Hugging Face Inference API shape, for `InferenceClient.zero_shot_image_classification`."""
+    engine, settings = engine_of(request), settings_of(request)
+    served = engine.resolve(model)
+    labels = body.parameters.labels()
+    check_count(labels, limit=settings.max_labels, param="parameters.candidate_labels")
+    results, _ = await until_disconnect(request, engine.classify(
+        served, [Input(param="inputs", image=body.inputs)], labels,
+        templates=body.parameters.hypothesis_template, deadline=deadline_of(request),
+    ))
+    return [p.LabelScore(label=label, score=score) for label, score in results[0]]
+
+
+@router.get("/v1/models", response_model=p.ModelList)
+async def list_models(request: Request) -> p.ModelList:
+    cards = []
+    for served in engine_of(request).models.values():
+        info = served.model.info
+        cards.append(p.ModelCard(id=served.name, family=info.family, format=info.format,
+                                 image_size=info.image_size, patch_size=info.patch_size,
+                                 embedding_size=info.embed_dim, text_length=info.text_length))
+    return p.ModelList(data=cards)
+
+
+@public.get("/health")
+async def health(request: Request) -> JSONResponse:
+    engine = engine_of(request)
+    if engine.healthy:
+        return JSONResponse({"status": "ok", "models": list(engine.models)})
+    return error_response(503, "the engine cannot serve", type_="service_unavailable_error")
+
+
+@public.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(engine_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,55 @@
+"""`siglip-serve serve`: load the models, build the engine, run uvicorn until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+
+from siglip_serve.config import Settings, parse_model_entry
+from siglip_serve.engine.engine import Engine, EngineConfig
+from siglip_serve.errors import CheckpointNotFoundError
+from siglip_serve.preprocess.fetch import FetchPolicy
+
+logger = logging.getLogger("siglip_serve")
+
+
+def build_engine(settings: Settings) -> Engine:
+    import torch
+
+    from siglip_serve.model import load, quiet_transformers
+
+    if not settings.model:
+        raise CheckpointNotFoundError("no model to serve: pass --model SPEC (or set SIGLIP_SERVE_MODEL)")
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    quiet_transformers()
+    models = {}
+    for entry in settings.model:
+        name, spec = parse_model_entry(entry)
+        logger.info("loading %s from %s", name, spec)
+        models[name] = load(spec, device=settings.device, dtype=settings.dtype,
+                            max_pixels=settings.max_image_pixels, batch_size=settings.max_batch_size)
+    config = EngineConfig(
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue_size=settings.max_queue_size,
+        label_cache_size=settings.label_cache_size,
+        decode_workers=settings.decode_workers,
+        fetch=FetchPolicy(allow_private=settings.allow_private_urls, timeout_s=settings.fetch_timeout_s,
+                          max_bytes=settings.max_image_bytes),
+    )
+    return Engine(models, config)
+
+
+def serve(settings: Settings) -> int:
+    """Blocks until SIGTERM or SIGINT; uvicorn then stops accepting, finishes in-flight requests
+    and runs the lifespan shutdown, which drains the batchers. Returns 0."""
+    import uvicorn
+
+    from siglip_serve.api.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = build_engine(settings)  # load before binding the port: a bad checkpoint fails fast
+    app = create_app(settings, engine)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=settings.request_timeout_s)
+    return 0
