@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
 
 from siglip_serve.engine.scoring import (
@@ -37,7 +37,7 @@ class ModelInfo:
     name: str
     family: str
     format: str
-    image_size: int
+    image_size: int | None  # None for NaFlex (variable size)
     patch_size: int
     embed_dim: int
     text_length: int
@@ -78,7 +78,7 @@ class Model:
             name=c.name,
             family=c.family.value,
             format=c.format,
-            image_size=c.image_transform.height,
+            image_size=c.image_size,
             patch_size=c.patch_size,
             embed_dim=c.embed_dim,
             text_length=c.tokenizer.length,
@@ -86,11 +86,11 @@ class Model:
 
     # --- per-item preparation (CPU; the server runs these in a worker pool) ---
 
-    def prepare_image(self, source: ImageSource) -> np.ndarray:
-        """Decode and preprocess one image to the [3, H, W] float32 array the vision tower takes."""
+    def prepare_image(self, source: ImageSource) -> Any:
+        """Decode and preprocess one image: a [3, H, W] float32 array (NaFlex: patches and shape)."""
         return self.checkpoint.image_transform(load_image(source, max_pixels=self.max_pixels))
 
-    def prepare_images(self, images: Sequence[ImageSource]) -> list[np.ndarray]:
+    def prepare_images(self, images: Sequence[ImageSource]) -> list[Any]:
         if not images:
             raise EmptyInputError("at least one image is required", param="input")
         prepared = []
@@ -103,13 +103,12 @@ class Model:
 
     # --- embeddings ---
 
-    def encode_prepared_images(self, pixels: Sequence[np.ndarray]) -> torch.Tensor:
+    def encode_prepared_images(self, prepared: Sequence[Any]) -> torch.Tensor:
         """Raw (unnormalized) embeddings of preprocessed images, in chunks of `batch_size`."""
-        chunks = [
-            self.checkpoint.towers.encode_images(torch.from_numpy(np.stack(pixels[i : i + self.batch_size])))
-            for i in range(0, len(pixels), self.batch_size)
-        ]
-        return torch.cat(chunks)
+        towers = self.checkpoint.towers
+        return torch.cat([
+            towers.encode_prepared(prepared[i : i + self.batch_size]) for i in range(0, len(prepared), self.batch_size)
+        ])
 
     def embed_images(self, images: Sequence[ImageSource], *, normalize: bool = True) -> torch.Tensor:
         """[N, D] float32 embeddings of paths, bytes or PIL images; L2-normalized unless asked."""

@@ -76,8 +76,7 @@ class ServedModel:
 
     @property
     def tokens_per_image(self) -> int:
-        info = self.model.info
-        return (info.image_size // info.patch_size) ** 2
+        return self.model.checkpoint.towers.tokens_per_image
 
 
 class Engine:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
+
+from PIL import Image
 
 from siglip_serve.errors import InvalidCheckpointError
 from siglip_serve.models.registry import KnownCheckpoint, find_known
 from siglip_serve.models.towers import SiglipTowers
-from siglip_serve.preprocess.images import ImageTransform
 from siglip_serve.preprocess.text import FixedLengthTokenizer
 
 PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}
@@ -27,10 +30,16 @@ class Checkpoint:
     family: Family
     format: str
     towers: SiglipTowers
-    image_transform: ImageTransform
+    # RGB PIL image -> what `towers.encode_prepared` takes: an ImageTransform for fixed resolution.
+    image_transform: Callable[[Image.Image], Any]
     tokenizer: FixedLengthTokenizer
     embed_dim: int
     patch_size: int
+
+    @property
+    def image_size(self) -> int | None:
+        """The square input side; None for NaFlex, whose input size varies per image."""
+        return getattr(self.image_transform, "height", None)
 
     @property
     def known(self) -> KnownCheckpoint | None:
@@ -46,8 +55,8 @@ def cross_check_known(checkpoint: Checkpoint, *, spec: str) -> None:
         "family": checkpoint.family.value,
         "text_length": checkpoint.tokenizer.length,
         "embed_dim": checkpoint.embed_dim,
-        "resample": checkpoint.image_transform.resample,
-        "image_size": checkpoint.image_transform.height,
+        "resample": getattr(checkpoint.image_transform, "resample", None),
+        "image_size": checkpoint.image_size,
     }
     expected = {
         "family": known.family,

@@ -6,8 +6,11 @@ Knows nothing of queues, HTTP or files. Format adapters (`hf.py`, later
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 DTYPES = {
@@ -57,6 +60,19 @@ class SiglipTowers:
         self.device = device
         self.dtype = dtype
         self.module = module.to(device=device, dtype=dtype).eval()
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Patches one image becomes (for usage accounting)."""
+        vision = self.module.config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2
+
+    def encode_prepared(self, prepared: Sequence[Any]) -> torch.Tensor:
+        """Collate what the checkpoint's image transform produced and encode it.
+
+        Fixed-resolution checkpoints stack [3, H, W] arrays; NaFlex overrides this.
+        """
+        return self.encode_images(torch.from_numpy(np.stack(prepared)))
 
     @torch.inference_mode()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
