@@ -9,12 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import tiny_checkpoints
 import torch
+from sample_images import sample_images
 from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipTokenizer
 
 import siglip_serve
-import tiny_checkpoints
-from sample_images import sample_images
 
 pytestmark = pytest.mark.slow
 

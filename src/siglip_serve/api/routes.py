@@ -19,7 +19,7 @@ from siglip_serve.api.security import require_api_key
 from siglip_serve.config import Settings
 from siglip_serve.engine.engine import Engine
 from siglip_serve.engine.inputs import Input
-from siglip_serve.errors import EmptyInputError, InvalidParameterError, TooManyInputsError
+from siglip_serve.errors import DeadlineExceededError, EmptyInputError, InvalidParameterError, TooManyInputsError
 
 T = TypeVar("T")
 
@@ -46,8 +46,11 @@ def check_count(items: Sequence[object], *, limit: int, param: str) -> None:
         raise TooManyInputsError(f"{len(items)} items, over the limit of {limit}", param=param)
 
 
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it (and so its queued batch items) if the client goes away (as vLLM does)."""
+async def run_request(request: Request, work: Awaitable[T], *, deadline: float) -> T:
+    """Run `work` until done, the deadline (504) or the client going away (as vLLM does).
+
+    In the last two cases the work is cancelled, and with it its items still queued for a batch.
+    """
     task = asyncio.ensure_future(work)
 
     async def wait_for_disconnect() -> None:
@@ -56,13 +59,17 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
 
     watcher = asyncio.ensure_future(wait_for_disconnect())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, watcher}, timeout=max(0.0, deadline - time.monotonic()),
+                           return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    if watcher.done() and not watcher.cancelled():
         raise ClientDisconnected
-    return task.result()
+    raise DeadlineExceededError(f"the request took longer than its deadline of "
+                                f"{settings_of(request).request_timeout_s:g} s")
 
 
 def usage(u) -> p.Usage:
@@ -80,8 +87,9 @@ async def embeddings(body: p.EmbeddingsRequest, request: Request) -> p.Embedding
             f"this model's embeddings have {served.model.info.embed_dim} dimensions, not {body.dimensions}",
             param="dimensions",
         )
-    embeds, used = await until_disconnect(
-        request, engine.embed(served, inputs, normalize=body.normalize, deadline=deadline_of(request))
+    deadline = deadline_of(request)
+    embeds, used = await run_request(
+        request, engine.embed(served, inputs, normalize=body.normalize, deadline=deadline), deadline=deadline
     )
     data = [p.EmbeddingData(index=i, embedding=encode_embedding(row, body.encoding_format))
             for i, row in enumerate(embeds)]
@@ -101,10 +109,11 @@ async def classify(body: p.ClassifyRequest, request: Request) -> p.ClassifyRespo
     images = body.to_inputs()
     check_count(images, limit=settings.max_inputs, param="input")
     check_count(body.labels, limit=settings.max_labels, param="labels")
-    results, used = await until_disconnect(request, engine.classify(
+    deadline = deadline_of(request)
+    results, used = await run_request(request, engine.classify(
         served, images, body.labels, templates=body.hypothesis_template, normalization=body.normalization,
-        top_k=body.top_k, deadline=deadline_of(request),
-    ))
+        top_k=body.top_k, deadline=deadline,
+    ), deadline=deadline)
     data = [
         p.Classification(index=i, prediction=ranked[0][0], score=ranked[0][1],
                          predictions=[p.LabelScore(label=label, score=score) for label, score in ranked])
@@ -119,9 +128,10 @@ async def rerank(body: p.RerankRequest, request: Request) -> p.RerankResponse:
     served = engine.resolve(body.model)
     documents = body.to_documents()
     check_count(documents, limit=settings_of(request).max_documents, param="documents")
-    order, used = await until_disconnect(request, engine.rerank(
-        served, body.to_query(), documents, top_n=body.top_n, deadline=deadline_of(request)
-    ))
+    deadline = deadline_of(request)
+    order, used = await run_request(request, engine.rerank(
+        served, body.to_query(), documents, top_n=body.top_n, deadline=deadline
+    ), deadline=deadline)
     results = [
         p.RerankResult(index=i, relevance_score=score,
                        document=_as_item(body.documents[i]) if body.return_documents else None)
@@ -141,10 +151,11 @@ async def hf_zero_shot(model: str, body: p.HFZeroShotRequest, request: Request) 
     served = engine.resolve(model)
     labels = body.parameters.labels()
     check_count(labels, limit=settings.max_labels, param="parameters.candidate_labels")
-    results, _ = await until_disconnect(request, engine.classify(
+    deadline = deadline_of(request)
+    results, _ = await run_request(request, engine.classify(
         served, [Input(param="inputs", image=body.inputs)], labels,
-        templates=body.parameters.hypothesis_template, deadline=deadline_of(request),
-    ))
+        templates=body.parameters.hypothesis_template, deadline=deadline,
+    ), deadline=deadline)
     return [p.LabelScore(label=label, score=score) for label, score in results[0]]
 
 

@@ -59,11 +59,12 @@ class ServedModel:
         model.batch_size = config.max_batch_size
         towers = model.checkpoint.towers
 
+        # Rows are cloned: a view would keep its whole batch alive, in the label cache for instance.
         def run_images(pixels: list[np.ndarray]) -> list[torch.Tensor]:
-            return list(model.encode_prepared_images(pixels))
+            return [row.clone() for row in model.encode_prepared_images(pixels)]
 
         def run_texts(ids: list[torch.Tensor]) -> list[torch.Tensor]:
-            return list(towers.encode_texts(torch.stack(ids)))
+            return [row.clone() for row in towers.encode_texts(torch.stack(ids))]
 
         def batcher_config(tower: str) -> BatcherConfig:
             return BatcherConfig(max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
