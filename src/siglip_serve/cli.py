@@ -83,9 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_classify(args: argparse.Namespace) -> int:
     import siglip_serve
-    from siglip_serve.model import quiet_transformers
+    from siglip_serve.model import check_classify_options, quiet_transformers
 
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    normalization = check_classify_options("softmax" if args.softmax else "sigmoid", args.top_k)
     quiet_transformers()
     model = siglip_serve.load(args.model, device=args.device, dtype=args.dtype)
     label_embeds = model.embed_labels(labels, args.template)
@@ -95,7 +96,7 @@ def run_classify(args: argparse.Namespace) -> int:
             image_embeds = model.encode_prepared_images([model.prepare_image(path)])
             ranked = model.classify_embeddings(
                 image_embeds, label_embeds, labels,
-                normalization="softmax" if args.softmax else "sigmoid", top_k=args.top_k,
+                normalization=normalization, top_k=args.top_k,
             )[0]
             results.append({"image": path, "predictions": [{"label": lb, "score": s} for lb, s in ranked]})
         except SiglipServeError as exc:

@@ -23,7 +23,7 @@ from siglip_serve.engine.scoring import (
     probabilities,
     ranked,
 )
-from siglip_serve.errors import EmptyInputError, InvalidTemplateError, SiglipServeError
+from siglip_serve.errors import EmptyInputError, InvalidParameterError, InvalidTemplateError, SiglipServeError
 from siglip_serve.models.checkpoint import Checkpoint
 from siglip_serve.models.loader import load_checkpoint
 from siglip_serve.preprocess.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
@@ -43,8 +43,28 @@ class ModelInfo:
     text_length: int
 
 
+def as_list(items: Sequence[Any] | Any) -> list[Any]:
+    """A single str, bytes or image stands for a list of one (not a sequence of characters)."""
+    if isinstance(items, str | bytes | bytearray | memoryview) or not isinstance(items, Sequence):
+        return [items]
+    return list(items)
+
+
+def check_classify_options(normalization: str, top_k: int | None) -> Normalization:
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise InvalidParameterError(f"top_k must be a positive integer, got {top_k!r}", param="top_k")
+    try:
+        return Normalization(normalization)
+    except ValueError:
+        raise InvalidParameterError(
+            f"normalization must be one of {', '.join(n.value for n in Normalization)}, got {normalization!r}",
+            param="normalization",
+        ) from None
+
+
 def format_prompts(labels: Sequence[str], templates: str | Sequence[str] | None) -> list[list[str]]:
     """[templates][labels] prompt texts. Validates labels and templates, naming the bad one."""
+    labels = as_list(labels)
     if not labels:
         raise EmptyInputError("at least one label is required", param="labels")
     for index, label in enumerate(labels):
@@ -91,6 +111,7 @@ class Model:
         return self.checkpoint.image_transform(load_image(source, max_pixels=self.max_pixels))
 
     def prepare_images(self, images: Sequence[ImageSource]) -> list[Any]:
+        images = as_list(images)
         if not images:
             raise EmptyInputError("at least one image is required", param="input")
         prepared = []
@@ -117,6 +138,7 @@ class Model:
 
     def embed_texts(self, texts: Sequence[str], *, normalize: bool = True) -> torch.Tensor:
         """[N, D] float32 text embeddings (texts are used as given: no template)."""
+        texts = as_list(texts)
         if not texts:
             raise EmptyInputError("at least one text is required", param="input")
         ids = self.checkpoint.tokenizer(texts)
@@ -128,6 +150,7 @@ class Model:
 
     def embed_labels(self, labels: Sequence[str], templates: str | Sequence[str] | None = None) -> torch.Tensor:
         """[labels, D] normalized class embeddings, ensembled over templates."""
+        labels = as_list(labels)
         prompts = format_prompts(labels, templates)
         flat = self.embed_texts([p for row in prompts for p in row], normalize=False)
         return ensemble_templates(flat.reshape(len(prompts), len(labels), -1))
@@ -156,6 +179,8 @@ class Model:
         Sigmoid probabilities are independent per label and need not sum to 1;
         ``normalization="softmax"`` gives a distribution over the given labels instead.
         """
+        labels = as_list(labels)
+        check_classify_options(normalization, top_k)
         return self.classify_embeddings(
             self.embed_images(images), self.embed_labels(labels, templates), labels,
             normalization=normalization, top_k=top_k,
@@ -171,7 +196,7 @@ class Model:
         top_k: int | None = None,
     ) -> list[list[tuple[str, float]]]:
         """`classify` on embeddings already computed (the server and CLI reuse label embeddings)."""
-        probs = probabilities(self.logits(image_embeds, label_embeds), Normalization(normalization))
+        probs = probabilities(self.logits(image_embeds, label_embeds), check_classify_options(normalization, top_k))
         return [ranked(list(labels), row, top_k) for row in probs]
 
 

@@ -102,13 +102,14 @@ def load_hf_checkpoint(directory: Path, *, name: str, device: torch.device, dtyp
 
 
 def _load_module(directory: Path) -> torch.nn.Module:
+    from safetensors import SafetensorError
     from transformers import SiglipModel
 
     try:
         module, info = SiglipModel.from_pretrained(
             directory, dtype=torch.float32, attn_implementation="sdpa", output_loading_info=True
         )
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # corrupt or truncated download
         raise InvalidCheckpointError(f"cannot load weights from {directory}: {exc}") from None
     missing = sorted(info.get("missing_keys") or [])
     mismatched = info.get("mismatched_keys") or []

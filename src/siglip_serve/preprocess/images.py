@@ -39,6 +39,9 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # 64 MP: a 8000x8000 photo passes, a decompression bomb does not.
 DEFAULT_MAX_PIXELS = 64_000_000
 
+# Pillow warns from ~89 MP on; `check_image_size` enforces the configured limit instead.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
 
 @dataclass(frozen=True)
 class ImageTransform:
@@ -62,16 +65,20 @@ def decode_image(data: bytes | bytearray | memoryview, *, max_pixels: int = DEFA
     """
     if len(data) == 0:
         raise InvalidImageError("empty image data")
+    # Our own limit (checked from the header, below) replaces Pillow's global one; raise
+    # Pillow's so that it never refuses an image that our configured limit allows.
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         raise InvalidImageError(
             f"cannot decode image: not one of {', '.join(f.lower() for f in ALLOWED_FORMATS)}"
         ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(str(exc)) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # e.g. a header cut short
+        raise InvalidImageError(f"truncated or corrupt image data ({exc})") from None
     check_image_size(image, max_pixels=max_pixels)
     try:
         image.seek(0)  # GIF/TIFF/WebP: the first frame

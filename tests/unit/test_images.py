@@ -1,0 +1,304 @@
+"""Image decoding: formats, EXIF orientation, transparency, and a typed error for every bad input.
+
+Expected pixels are set by hand when the images are made here; nothing is compared
+against a value our own decoder computed, except where the test is batch/isolation
+invariance of the library.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import encode
+from PIL import Image
+from sample_images import photo_like
+
+import siglip_serve
+from siglip_serve.errors import EmptyImageError, ImageTooLargeError, InvalidImageError, SiglipServeError
+from siglip_serve.preprocess.images import decode_image, load_image
+
+RED = (220, 20, 30)
+BLUE = (20, 40, 230)
+GREEN = (30, 200, 40)
+
+
+def assert_close_colour(pixel: tuple[int, ...], expected: tuple[int, int, int], tolerance: int = 8) -> None:
+    assert len(pixel) == 3
+    assert all(abs(int(a) - int(b)) <= tolerance for a, b in zip(pixel, expected, strict=True)), (pixel, expected)
+
+
+def png_with_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height but carries almost no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+            + chunk(b"IEND", b""))
+
+
+# --- formats -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_decodes_each_accepted_format_from_bytes(fmt: str) -> None:
+    save_args = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    data = encode(Image.new("RGB", (40, 24), GREEN), fmt, **save_args)
+    image = decode_image(data)
+    assert image.mode == "RGB"
+    assert image.size == (40, 24)
+    assert_close_colour(image.getpixel((20, 12)), GREEN)
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_accepts_any_bytes_like(kind: type) -> None:
+    data = kind(encode(Image.new("RGB", (6, 5), BLUE), "PNG"))
+    image = load_image(data)
+    assert image.size == (6, 5)
+    assert image.getpixel((0, 0)) == BLUE
+
+
+def test_animated_gif_gives_its_first_frame() -> None:
+    frames = [Image.new("RGB", (16, 16), RED), Image.new("RGB", (16, 16), BLUE)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    data = buffer.getvalue()
+    assert Image.open(io.BytesIO(data)).n_frames == 2  # the premise: really animated
+    image = decode_image(data)
+    assert image.mode == "RGB"
+    assert_close_colour(image.getpixel((8, 8)), RED)
+
+
+def test_animated_webp_gives_its_first_frame() -> None:
+    frames = [Image.new("RGB", (16, 16), RED), Image.new("RGB", (16, 16), BLUE)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], duration=100,
+                   lossless=True)
+    image = decode_image(buffer.getvalue())
+    assert_close_colour(image.getpixel((8, 8)), RED)
+
+
+def _left_red_right_blue() -> Image.Image:
+    image = Image.new("RGB", (40, 20), BLUE)
+    image.paste(RED, (0, 0, 20, 20))
+    return image
+
+
+def _jpeg_with_orientation(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    return encode(_left_red_right_blue(), "JPEG", quality=95, exif=exif)
+
+
+def test_exif_orientation_6_is_applied() -> None:
+    """Orientation 6: the stored image must be turned 90 degrees clockwise for display.
+    Stored 40x20, left half red -> displayed 20x40 with the red half on top."""
+    image = decode_image(_jpeg_with_orientation(6))
+    assert image.size == (20, 40)
+    assert_close_colour(image.getpixel((10, 5)), RED)
+    assert_close_colour(image.getpixel((10, 34)), BLUE)
+
+
+def test_exif_orientation_of_a_pil_image_is_applied_too() -> None:
+    image = load_image(Image.open(io.BytesIO(_jpeg_with_orientation(6))))
+    assert image.size == (20, 40)
+    assert_close_colour(image.getpixel((10, 5)), RED)
+
+
+def test_exif_orientation_1_keeps_the_image_as_stored() -> None:
+    image = decode_image(_jpeg_with_orientation(1))
+    assert image.size == (40, 20)
+    assert_close_colour(image.getpixel((5, 10)), RED)
+
+
+# --- modes -------------------------------------------------------------------------------------
+
+
+def test_transparent_rgba_is_composited_onto_white() -> None:
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # fully transparent black
+    rgba.putpixel((0, 0), (*RED, 255))  # one opaque pixel
+    rgba.putpixel((1, 0), (0, 0, 0, 128))  # half-transparent black
+    for image in (decode_image(encode(rgba, "PNG")), load_image(rgba)):
+        assert image.mode == "RGB"
+        assert image.getpixel((5, 5)) == (255, 255, 255)
+        assert image.getpixel((0, 0)) == RED
+        assert_close_colour(image.getpixel((1, 0)), (127, 127, 127), tolerance=1)
+
+
+def test_palette_image_with_transparency_is_composited_onto_white() -> None:
+    palette_image = Image.new("P", (8, 8), 0)
+    palette_image.putpalette([0, 0, 0, *RED] + [0, 0, 0] * 254)  # index 0 black, index 1 red
+    palette_image.putpixel((0, 0), 1)
+    for fmt in ("PNG", "GIF"):
+        data = encode(palette_image, fmt, transparency=0)
+        assert Image.open(io.BytesIO(data)).mode == "P"  # the premise
+        image = decode_image(data)
+        assert image.mode == "RGB"
+        assert image.getpixel((4, 4)) == (255, 255, 255), fmt  # transparent index -> white, not black
+        assert image.getpixel((0, 0)) == RED, fmt
+
+
+def test_grayscale_becomes_rgb_with_equal_channels() -> None:
+    gray = Image.new("L", (6, 4), 77)
+    gray.putpixel((0, 0), 200)
+    for image in (decode_image(encode(gray, "PNG")), load_image(gray)):
+        assert image.mode == "RGB"
+        assert image.getpixel((3, 3)) == (77, 77, 77)
+        assert image.getpixel((0, 0)) == (200, 200, 200)
+
+
+def test_paths_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "green.png"
+    path.write_bytes(encode(Image.new("RGB", (3, 2), GREEN), "PNG"))
+    for source in (path, str(path)):
+        image = load_image(source)
+        assert image.size == (3, 2)
+        assert image.getpixel((1, 1)) == GREEN
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"this is not an image at all", b"\x00" * 64, b"GIF89a", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"],
+    ids=["text", "zeros", "gif-magic-only", "png-magic-only", "jpeg-magic-only"],
+)
+def test_garbage_bytes_are_invalid(data: bytes) -> None:
+    with pytest.raises(InvalidImageError):
+        decode_image(data)
+
+
+@pytest.mark.parametrize("data", [b"", bytearray(), memoryview(b"")], ids=["bytes", "bytearray", "memoryview"])
+def test_empty_bytes_are_invalid(data) -> None:
+    with pytest.raises(InvalidImageError):
+        load_image(data)
+
+
+@pytest.mark.parametrize("size", [(16, 12), (64, 48), (300, 200)])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_truncated_file_is_invalid_image(fmt: str, size: tuple[int, int]) -> None:
+    """Cut in half, any accepted format gives InvalidImageError, never a bare OSError."""
+    data = encode(photo_like(*size), fmt)
+    with pytest.raises(InvalidImageError):
+        decode_image(data[: len(data) // 2])
+
+
+def test_zero_size_pil_image_is_empty() -> None:
+    with pytest.raises(EmptyImageError):
+        load_image(Image.new("RGB", (0, 0)))
+    with pytest.raises(EmptyImageError):
+        load_image(Image.new("RGB", (0, 10)))
+
+
+def test_image_over_the_pixel_limit_is_too_large() -> None:
+    data = encode(Image.new("RGB", (300, 300), GREEN), "PNG")
+    with pytest.raises(ImageTooLargeError) as info:
+        decode_image(data, max_pixels=10_000)
+    assert "10000" in str(info.value)
+    assert decode_image(data, max_pixels=90_000).size == (300, 300)  # exactly at the limit is fine
+    with pytest.raises(ImageTooLargeError):
+        load_image(Image.new("RGB", (300, 300)), max_pixels=10_000)
+
+
+def test_pixel_limit_is_checked_before_decoding_pixels() -> None:
+    """The header says 300x300 but the data is missing: decoding would fail as truncated, so a
+    size error proves the check came first."""
+    data = png_with_header_only(300, 300)
+    with pytest.raises(InvalidImageError):
+        decode_image(data)  # under the default limit the (absent) pixels are decoded and fail
+    with pytest.raises(ImageTooLargeError):
+        decode_image(data, max_pixels=10_000)
+
+
+def test_decompression_bomb_is_too_large_not_invalid() -> None:
+    with pytest.raises(ImageTooLargeError):
+        decode_image(png_with_header_only(100_000, 100_000))  # 10 gigapixels declared in 60 bytes
+
+
+def test_configured_pixel_limit_above_pillows_default_is_honoured() -> None:
+    """The caller's max_pixels is the limit: a 90-megapixel image under a 200-megapixel limit must
+    not be refused as too large (Pillow's own bomb guard, 89.5 MP, must not override it). The
+    data is absent, so the decode fails as invalid instead."""
+    data = png_with_header_only(10_000, 9_000)
+    with pytest.raises(InvalidImageError):
+        decode_image(data, max_pixels=200_000_000)
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PCX", "TGA", "PPM"])
+def test_formats_outside_the_allowed_list_are_invalid(fmt: str) -> None:
+    data = encode(Image.new("RGB", (16, 16), GREEN), fmt)
+    assert Image.open(io.BytesIO(data)).size == (16, 16)  # the premise: Pillow itself could read it
+    with pytest.raises(InvalidImageError):
+        decode_image(data)
+
+
+def test_missing_file_is_invalid_and_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "no-such-image.jpg"
+    with pytest.raises(InvalidImageError) as info:
+        load_image(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_directory_path_is_invalid(tmp_path: Path) -> None:
+    with pytest.raises(InvalidImageError):
+        load_image(tmp_path)
+
+
+def test_unsupported_source_type_is_invalid() -> None:
+    with pytest.raises(InvalidImageError):
+        load_image(12345)  # type: ignore[arg-type]
+
+
+# --- through the library -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model(siglip1_dir: Path) -> siglip_serve.Model:
+    return siglip_serve.load(str(siglip1_dir), device="cpu")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"garbage", b"", Image.new("RGB", (0, 0)), "/no/such/file.png",
+     encode(photo_like(64, 48), "WEBP")[:200]],
+    ids=["garbage", "empty", "zero-size", "missing-path", "truncated-webp"],
+)
+def test_one_bad_image_is_named_and_does_not_affect_the_others(model: siglip_serve.Model, bad) -> None:
+    good = [encode(photo_like(40, 30, seed=1), "PNG"), encode(photo_like(25, 50, seed=2), "PNG")]
+    with pytest.raises(SiglipServeError) as info:
+        model.embed_images([good[0], bad, good[1]])
+    assert isinstance(info.value, InvalidImageError | EmptyImageError)
+    assert info.value.param == "input[1]"
+    assert "input[1]" in str(info.value)
+
+    together = model.embed_images(good)
+    for index, image in enumerate(good):
+        torch.testing.assert_close(model.embed_images([image])[0], together[index], atol=1e-5, rtol=0)
+
+
+def test_bad_image_error_names_its_position_in_a_long_list(model: siglip_serve.Model) -> None:
+    good = encode(photo_like(20, 20), "PNG")
+    with pytest.raises(InvalidImageError) as info:
+        model.embed_images([good] * 5 + [good[:40]] + [good])
+    assert info.value.param == "input[5]"
+
+
+def test_prepared_image_is_squashed_to_the_model_size(model: siglip_serve.Model) -> None:
+    """Any aspect ratio becomes the checkpoint's square input, values in [-1, 1]."""
+    for size in ((97, 41), (30, 120), (5, 7)):
+        pixels = model.prepare_image(photo_like(*size))
+        assert pixels.shape == (3, 32, 32)
+        assert pixels.dtype == np.float32
+        assert pixels.min() >= -1.0 and pixels.max() <= 1.0
+    white = model.prepare_image(Image.new("RGB", (10, 10), (255, 255, 255)))
+    black = model.prepare_image(Image.new("RGB", (10, 10), (0, 0, 0)))
+    np.testing.assert_allclose(white, 1.0, atol=1e-6)  # 255/255 * 2 - 1
+    np.testing.assert_allclose(black, -1.0, atol=1e-6)

@@ -1,0 +1,254 @@
+"""`siglip_serve.load`: what it accepts (directories, hub ids from the local cache, prefixes) and
+a typed error naming the problem for everything else. Nothing here reaches a network: the hub
+cache is a fake one built under tmp_path, and huggingface_hub is forced offline.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import torch
+from conftest import encode
+from sample_images import photo_like
+
+import siglip_serve
+from siglip_serve.errors import CheckpointNotFoundError, InvalidCheckpointError, UnsupportedModelError
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def copy_checkpoint(source: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.fixture
+def empty_offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty hub cache, offline. huggingface_hub reads its env vars once, at import, into
+    `huggingface_hub.constants`, and `snapshot_download` reads those constants at call time."""
+    cache = tmp_path / "hf-home" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(cache.parent))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HOME", str(cache.parent))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)  # so that "acme/tiny-siglip" is not also a relative directory
+    return cache
+
+
+def put_in_hub_cache(cache: Path, repo_id: str, source: Path) -> Path:
+    """The layout huggingface_hub writes: models--ORG--NAME/{refs/main, snapshots/<commit>/...}."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / COMMIT
+    shutil.copytree(source, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return snapshot
+
+
+@pytest.fixture(scope="module")
+def images() -> list[bytes]:
+    return [encode(photo_like(40, 30, seed=s), "PNG") for s in range(2)]
+
+
+# --- missing or inconsistent files -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("family", "filename"),
+    [
+        ("siglip1", "model.safetensors"),
+        ("siglip1", "preprocessor_config.json"),
+        ("siglip1", "config.json"),
+        ("siglip1", "spiece.model"),
+        ("siglip2", "model.safetensors"),
+        ("siglip2", "preprocessor_config.json"),
+        ("siglip2", "tokenizer.json"),
+    ],
+)
+def test_missing_file_is_invalid_checkpoint_naming_it(
+    request: pytest.FixtureRequest, tmp_path: Path, family: str, filename: str
+) -> None:
+    directory = copy_checkpoint(request.getfixturevalue(f"{family}_dir"), tmp_path)
+    (directory / filename).unlink()
+    with pytest.raises(InvalidCheckpointError) as info:
+        siglip_serve.load(str(directory), device="cpu")
+    assert filename in str(info.value)
+
+
+def test_missing_tokenizer_files_of_both_kinds_is_invalid(siglip1_dir: Path, tmp_path: Path) -> None:
+    directory = copy_checkpoint(siglip1_dir, tmp_path)
+    for name in ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"):
+        (directory / name).unlink()
+    with pytest.raises(InvalidCheckpointError) as info:
+        siglip_serve.load(str(directory), device="cpu")
+    assert "spiece.model" in str(info.value) or "tokenizer" in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_corrupt_weights_are_invalid_checkpoint(siglip1_dir: Path, tmp_path: Path, damage: str) -> None:
+    """A broken download must give InvalidCheckpointError naming the file, not a library's raw error."""
+    directory = copy_checkpoint(siglip1_dir, tmp_path)
+    weights = directory / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"garbage": b"not a safetensors file", "truncated": data[: len(data) // 2],
+                         "empty": b""}[damage])
+    with pytest.raises(InvalidCheckpointError) as info:
+        siglip_serve.load(str(directory), device="cpu")
+    assert "model.safetensors" in str(info.value) or str(directory) in str(info.value)
+
+
+def test_weights_missing_a_tensor_are_invalid_not_randomly_initialized(siglip1_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    directory = copy_checkpoint(siglip1_dir, tmp_path)
+    tensors = load_file(directory / "model.safetensors")
+    missing = next(name for name in tensors if name.startswith("text_model.") and name.endswith("q_proj.weight"))
+    del tensors[missing]
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InvalidCheckpointError) as info:
+        siglip_serve.load(str(directory), device="cpu")
+    assert missing in str(info.value)
+
+
+def test_weights_of_the_wrong_shape_are_invalid(siglip1_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    directory = copy_checkpoint(siglip1_dir, tmp_path)
+    tensors = load_file(directory / "model.safetensors")
+    name = "text_model.head.weight"
+    tensors[name] = torch.zeros(tensors[name].shape[0] + 1, tensors[name].shape[1])
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InvalidCheckpointError):
+        siglip_serve.load(str(directory), device="cpu")
+
+
+def test_unreadable_config_is_invalid_checkpoint(siglip1_dir: Path, tmp_path: Path) -> None:
+    directory = copy_checkpoint(siglip1_dir, tmp_path)
+    (directory / "config.json").write_text("{ not json")
+    with pytest.raises(InvalidCheckpointError) as info:
+        siglip_serve.load(str(directory), device="cpu")
+    assert "config.json" in str(info.value)
+
+
+@pytest.mark.parametrize("model_type", ["clip", "siglip2", None])
+def test_other_model_types_are_unsupported(siglip1_dir: Path, tmp_path: Path, model_type: str | None) -> None:
+    directory = copy_checkpoint(siglip1_dir, tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    if model_type is None:
+        config.pop("model_type", None)
+    else:
+        config["model_type"] = model_type
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModelError) as info:
+        siglip_serve.load(str(directory), device="cpu")
+    assert repr(model_type) in str(info.value)
+
+
+# --- specs that resolve to nothing -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["/definitely/not/a/checkpoint", "not-a-dir-and-no-slash", "./relative/missing/dir", "~/no/such/ckpt",
+     "a/b/c"],
+)
+def test_nonexistent_path_is_checkpoint_not_found(spec: str, empty_offline_hub: Path) -> None:
+    with pytest.raises(CheckpointNotFoundError) as info:
+        siglip_serve.load(spec, device="cpu")
+    assert spec in str(info.value)
+
+
+def test_missing_local_dir_prefix_is_checkpoint_not_found(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    with pytest.raises(CheckpointNotFoundError) as info:
+        siglip_serve.load(f"local-dir:{missing}", device="cpu")
+    assert str(missing) in str(info.value)
+
+
+@pytest.mark.parametrize("spec", ["google/siglip-base-patch16-224", "hf-hub:google/siglip-base-patch16-224"])
+def test_hub_id_not_in_an_offline_cache_says_what_to_do(spec: str, empty_offline_hub: Path) -> None:
+    with pytest.raises(CheckpointNotFoundError) as info:
+        siglip_serve.load(spec, device="cpu")
+    message = str(info.value)
+    assert "google/siglip-base-patch16-224" in message
+    assert "offline" in message.lower() or "HF_HUB_OFFLINE" in message
+    assert "download" in message  # how to fix it
+
+
+# --- hub ids from the local cache, and prefixes ------------------------------------------------
+
+
+def test_hub_id_loads_from_the_offline_cache(
+    siglip1_dir: Path, empty_offline_hub: Path, images: list[bytes]
+) -> None:
+    put_in_hub_cache(empty_offline_hub, "acme/tiny-siglip", siglip1_dir)
+    from_hub = siglip_serve.load("acme/tiny-siglip", device="cpu")
+    from_dir = siglip_serve.load(str(siglip1_dir), device="cpu")
+    assert from_hub.info.name == "acme/tiny-siglip"
+    texts = ["a photo of a cat", "a dog"]
+    torch.testing.assert_close(from_hub.embed_images(images), from_dir.embed_images(images), atol=0, rtol=0)
+    torch.testing.assert_close(from_hub.embed_texts(texts), from_dir.embed_texts(texts), atol=0, rtol=0)
+    with_prefix = siglip_serve.load("hf-hub:acme/tiny-siglip", device="cpu")
+    torch.testing.assert_close(with_prefix.embed_images(images), from_dir.embed_images(images), atol=0, rtol=0)
+
+
+def test_local_dir_prefix_loads_the_directory(siglip2_dir: Path, images: list[bytes]) -> None:
+    prefixed = siglip_serve.load(f"local-dir:{siglip2_dir}", device="cpu")
+    plain = siglip_serve.load(str(siglip2_dir), device="cpu")
+    assert prefixed.info.family == "siglip2"
+    torch.testing.assert_close(prefixed.embed_images(images), plain.embed_images(images), atol=0, rtol=0)
+
+
+def test_pathlib_style_home_and_relative_directories_load(
+    siglip1_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = copy_checkpoint(siglip1_dir, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert siglip_serve.load("copy", device="cpu").info.embed_dim == 32
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert siglip_serve.load("~/copy", device="cpu").checkpoint.directory.resolve() == directory.resolve()
+
+
+def test_model_info_reflects_the_files(siglip1_dir: Path, siglip2_dir: Path) -> None:
+    one = siglip_serve.load(str(siglip1_dir), device="cpu")
+    two = siglip_serve.load(str(siglip2_dir), device="cpu")
+    assert (one.info.family, two.info.family) == ("siglip", "siglip2")
+    for model in (one, two):
+        assert (model.info.image_size, model.info.patch_size, model.info.embed_dim, model.info.text_length) == (
+            32, 8, 32, 64)
+    assert one.checkpoint.image_transform.resample == 3  # bicubic, from preprocessor_config.json
+    assert two.checkpoint.image_transform.resample == 2  # bilinear
+
+
+def test_temperature_is_read_from_the_checkpoint(siglip1_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(siglip1_dir / "model.safetensors")
+    temperature = siglip_serve.load(str(siglip1_dir), device="cpu").checkpoint.towers.temperature
+    assert temperature.logit_scale == pytest.approx(float(tensors["logit_scale"].reshape(())))
+    assert temperature.logit_bias == pytest.approx(float(tensors["logit_bias"].reshape(())))
+
+
+# --- known checkpoints are cross-checked -------------------------------------------------------
+
+
+def test_files_disagreeing_with_the_known_table_are_invalid(siglip1_dir: Path, empty_offline_hub: Path) -> None:
+    put_in_hub_cache(empty_offline_hub, "google/siglip-base-patch16-224", siglip1_dir)
+    with pytest.raises(InvalidCheckpointError) as info:
+        siglip_serve.load("google/siglip-base-patch16-224", device="cpu")
+    message = str(info.value)
+    assert "google/siglip-base-patch16-224" in message
+    assert "embed_dim" in message and "32" in message and "768" in message
+
+
+def test_unknown_hub_ids_are_not_cross_checked(siglip2_dir: Path, empty_offline_hub: Path) -> None:
+    put_in_hub_cache(empty_offline_hub, "acme/tiny-siglip2", siglip2_dir)
+    assert siglip_serve.load("acme/tiny-siglip2", device="cpu").info.family == "siglip2"
