@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import pytest
 import tiny_checkpoints
-from PIL import Image
 
 # Never reach a hub from a test.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,9 +27,3 @@ def siglip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session", params=["siglip1", "siglip2"])
 def checkpoint_dir(request: pytest.FixtureRequest) -> Path:
     return request.getfixturevalue(f"{request.param}_dir")
-
-
-def encode(image: Image.Image, fmt: str, **save_args) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **save_args)
-    return buffer.getvalue()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -40,3 +42,10 @@ def sample_images() -> dict[str, Image.Image]:
         "gray": photo_like(50, 50, seed=6).convert("L"),
         "palette": photo_like(40, 60, seed=7).convert("P", palette=Image.Palette.ADAPTIVE),
     }
+
+
+def encode(image: Image.Image, fmt: str, **save_args) -> bytes:
+    """The image's bytes in `fmt` (PNG, JPEG, ...)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save_args)
+    return buffer.getvalue()

@@ -41,6 +41,7 @@ class ModelInfo:
     patch_size: int
     embed_dim: int
     text_length: int
+    max_num_patches: int | None = None  # NaFlex only
 
 
 def as_list(items: Sequence[Any] | Any) -> list[Any]:
@@ -102,6 +103,7 @@ class Model:
             patch_size=c.patch_size,
             embed_dim=c.embed_dim,
             text_length=c.tokenizer.length,
+            max_num_patches=getattr(c.image_transform, "max_num_patches", None),
         )
 
     # --- per-item preparation (CPU; the server runs these in a worker pool) ---

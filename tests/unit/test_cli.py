@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import encode
-from sample_images import photo_like
+from sample_images import encode, photo_like
 
 from siglip_serve.cli import main
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import encode
-from sample_images import photo_like
+from sample_images import encode, photo_like
 
 import siglip_serve
 from siglip_serve.engine.engine import Engine, EngineConfig

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import encode
 from PIL import Image
-from sample_images import photo_like
+from sample_images import encode, photo_like
 
 import siglip_serve
 from siglip_serve.errors import EmptyImageError, ImageTooLargeError, InvalidImageError, SiglipServeError

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import encode
 from PIL import Image
 from safetensors.torch import load_file
-from sample_images import photo_like, sample_images
+from sample_images import encode, photo_like, sample_images
 
 import siglip_serve
 from siglip_serve.errors import EmptyInputError, InvalidTemplateError, SiglipServeError

@@ -12,8 +12,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
-from conftest import encode
-from sample_images import photo_like
+from sample_images import encode, photo_like
 
 import siglip_serve
 from siglip_serve.errors import CheckpointNotFoundError, InvalidCheckpointError, UnsupportedModelError
@@ -138,7 +137,7 @@ def test_unreadable_config_is_invalid_checkpoint(siglip1_dir: Path, tmp_path: Pa
     assert "config.json" in str(info.value)
 
 
-@pytest.mark.parametrize("model_type", ["clip", "siglip2", None])
+@pytest.mark.parametrize("model_type", ["clip", "siglip_vision_model", None])
 def test_other_model_types_are_unsupported(siglip1_dir: Path, tmp_path: Path, model_type: str | None) -> None:
     directory = copy_checkpoint(siglip1_dir, tmp_path)
     config = json.loads((directory / "config.json").read_text())

@@ -170,7 +170,8 @@ class ModelCard(BaseModel):
     owned_by: str = "siglip-serve"
     family: str
     format: str
-    image_size: int
+    image_size: int | None = Field(description="Square input side; null for NaFlex (variable size).")
+    max_num_patches: int | None = Field(None, description="NaFlex patch budget per image.")
     patch_size: int
     embedding_size: int
     text_length: int

@@ -165,7 +165,8 @@ async def list_models(request: Request) -> p.ModelList:
     for served in engine_of(request).models.values():
         info = served.model.info
         cards.append(p.ModelCard(id=served.name, family=info.family, format=info.format,
-                                 image_size=info.image_size, patch_size=info.patch_size,
+                                 image_size=info.image_size, max_num_patches=info.max_num_patches,
+                                 patch_size=info.patch_size,
                                  embedding_size=info.embed_dim, text_length=info.text_length))
     return p.ModelList(data=cards)
 

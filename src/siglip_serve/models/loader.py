@@ -8,6 +8,7 @@ from pathlib import Path
 from siglip_serve.errors import InvalidCheckpointError, UnsupportedModelError
 from siglip_serve.models.checkpoint import Checkpoint
 from siglip_serve.models.hf import load_hf_checkpoint
+from siglip_serve.models.naflex import load_naflex_checkpoint
 from siglip_serve.models.registry import resolve_checkpoint_dir
 from siglip_serve.models.towers import resolve_device, resolve_dtype
 
@@ -30,6 +31,8 @@ def load_checkpoint(spec: str, *, device: str = "auto", dtype: str = "auto") -> 
         raise InvalidCheckpointError(f"cannot read {config_path}: {exc}") from None
     if model_type == "siglip":
         return load_hf_checkpoint(Path(directory), name=spec, device=torch_device, dtype=torch_dtype)
+    if model_type == "siglip2":  # SigLIP 2 NaFlex
+        return load_naflex_checkpoint(Path(directory), name=spec, device=torch_device, dtype=torch_dtype)
     raise UnsupportedModelError(
-        f"{config_path}: model_type {model_type!r} is not supported (supported: 'siglip')"
+        f"{config_path}: model_type {model_type!r} is not supported (supported: 'siglip', 'siglip2')"
     )

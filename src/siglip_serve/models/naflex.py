@@ -165,13 +165,14 @@ def _cross_check_patches(checkpoint: Checkpoint, transform: NaFlexTransform, *, 
 
 def _load_module(directory: Path) -> torch.nn.Module:
     """`Siglip2Model` in fp32 with SDPA; missing or misshapen weights are an error (as hf.py's)."""
+    from safetensors import SafetensorError
     from transformers import Siglip2Model
 
     try:
         module, info = Siglip2Model.from_pretrained(
             directory, dtype=torch.float32, attn_implementation="sdpa", output_loading_info=True
         )
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # corrupt or truncated download
         raise InvalidCheckpointError(f"cannot load weights from {directory}: {exc}") from None
     missing = sorted(info.get("missing_keys") or [])
     mismatched = info.get("mismatched_keys") or []
