@@ -53,14 +53,20 @@ def cross_check_known(checkpoint: Checkpoint, *, spec: str) -> None:
         return
     found = {
         "family": checkpoint.family.value,
+        "format": checkpoint.format,
         "text_length": checkpoint.tokenizer.length,
+        "pad_id": checkpoint.tokenizer.pad_id,
+        "text_cleaning": checkpoint.tokenizer.cleaning.value,
         "embed_dim": checkpoint.embed_dim,
         "resample": getattr(checkpoint.image_transform, "resample", None),
         "image_size": checkpoint.image_size,
     }
     expected = {
         "family": known.family,
+        "format": known.format,
         "text_length": known.text_length,
+        "pad_id": known.pad_id,
+        "text_cleaning": known.text_cleaning,
         "embed_dim": known.embed_dim,
         "resample": PIL_FILTERS[known.resample],
         "image_size": known.image_size,

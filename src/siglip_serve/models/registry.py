@@ -33,6 +33,8 @@ class KnownCheckpoint:
     format: str
     patch_size: int
     resample: str
+    pad_id: int
+    text_cleaning: str
     text_length: int
     embed_dim: int
     seed: bool = False
