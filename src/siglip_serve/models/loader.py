@@ -9,6 +9,7 @@ from siglip_serve.errors import InvalidCheckpointError, UnsupportedModelError
 from siglip_serve.models.checkpoint import Checkpoint
 from siglip_serve.models.hf import load_hf_checkpoint
 from siglip_serve.models.naflex import load_naflex_checkpoint
+from siglip_serve.models.open_clip import load_open_clip_checkpoint
 from siglip_serve.models.registry import resolve_checkpoint_dir
 from siglip_serve.models.towers import resolve_device, resolve_dtype
 
@@ -19,7 +20,7 @@ def load_checkpoint(spec: str, *, device: str = "auto", dtype: str = "auto") -> 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     if (directory / "open_clip_config.json").is_file():
-        raise UnsupportedModelError(f"{directory}: open_clip-format checkpoints are not supported yet")
+        return load_open_clip_checkpoint(Path(directory), name=spec, device=torch_device, dtype=torch_dtype)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise InvalidCheckpointError(

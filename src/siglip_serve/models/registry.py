@@ -21,6 +21,8 @@ HUB_ALLOW_PATTERNS = [
     "*.json",
     "model.safetensors",
     "open_clip_model.safetensors",
+    # open_clip repos that ship only a pickle; loaded with weights_only=True (models/open_clip.py).
+    "open_clip_pytorch_model.bin",
     "spiece.model",
     "tokenizer.model",
 ]

@@ -16,6 +16,7 @@ import string
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 
+import ftfy
 import torch
 
 from siglip_serve.errors import EmptyInputError
@@ -44,9 +45,10 @@ def clean_text(text: str, cleaning: TextCleaning) -> str:
         text = text.lower().translate(_DROP_PUNCTUATION)
         return _WHITESPACE.sub(" ", text).strip()
     if cleaning is TextCleaning.OPEN_CLIP:
-        text = html.unescape(html.unescape(text)).replace("_", " ")
-        text = text.translate(_DROP_PUNCTUATION).lower()
-        return _WHITESPACE.sub(" ", text).strip()
+        # open_clip tokenizer.py `_clean_canonicalize`: basic_clean (ftfy.fix_text, html.unescape twice,
+        # strip), then canonicalize_text ('_' -> ' ', delete string.punctuation, lowercase, collapse spaces).
+        text = html.unescape(html.unescape(ftfy.fix_text(text))).strip().replace("_", " ")
+        return " ".join(text.translate(_DROP_PUNCTUATION).lower().split())
     if cleaning is TextCleaning.LOWERCASE:
         return text.lower()
     return text
