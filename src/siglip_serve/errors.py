@@ -45,6 +45,10 @@ class EmptyInputError(SiglipServeError):
     """An empty label list, an empty text or an empty list of inputs."""
 
 
+class InvalidTextError(SiglipServeError):
+    """A text that is not valid Unicode (e.g. a lone surrogate)."""
+
+
 class InvalidTemplateError(SiglipServeError):
     """A hypothesis template without exactly one ``{}`` placeholder."""
 

@@ -76,11 +76,11 @@ def format_prompts(labels: Sequence[str], templates: str | Sequence[str] | None)
     if not template_list:
         raise EmptyInputError("at least one template is required", param="hypothesis_template")
     for index, template in enumerate(template_list):
+        param = f"hypothesis_template[{index}]" if len(template_list) > 1 else "hypothesis_template"
         if not isinstance(template, str) or template.count("{}") != 1:
-            raise InvalidTemplateError(
-                f"template {template!r} must contain exactly one '{{}}' placeholder",
-                param=f"hypothesis_template[{index}]" if len(template_list) > 1 else "hypothesis_template",
-            )
+            raise InvalidTemplateError(f"template {template!r} must contain exactly one '{{}}' placeholder",
+                                       param=param)
+        check_text(template, param=param)
     return [[template.replace("{}", label) for label in labels] for template in template_list]
 
 

@@ -7,6 +7,7 @@ so that the official clients raise their matching exception types.
 from __future__ import annotations
 
 import json
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +24,7 @@ STATUS: dict[type[errors.SiglipServeError], tuple[int, str]] = {
     errors.ImageFetchError: (400, "invalid_request_error"),
     errors.EmptyInputError: (400, "invalid_request_error"),
     errors.InvalidTemplateError: (400, "invalid_request_error"),
+    errors.InvalidTextError: (400, "invalid_request_error"),
     errors.TooManyInputsError: (400, "invalid_request_error"),
     errors.InvalidParameterError: (400, "invalid_request_error"),
     errors.RequestTooLargeError: (413, "invalid_request_error"),
@@ -37,6 +39,7 @@ STATUS: dict[type[errors.SiglipServeError], tuple[int, str]] = {
     errors.UnsupportedModelError: (500, "server_error"),
 }
 RETRY_AFTER_S = "1"
+logger = logging.getLogger(__name__)
 
 
 class ClientDisconnected(Exception):
@@ -77,13 +80,19 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = exc.errors()
-        first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
+        # The deepest location names the item (input[1]) rather than the union branch (input).
+        first = max(problems, key=lambda p: len(p.get("loc", ()))) if problems else {"loc": (), "msg": "invalid"}
         if first.get("type") == "json_invalid":
             return error_response(400, f"request body is not valid JSON: {first.get('msg')}",
                                   type_="invalid_request_error", code="invalid_json")
         param = _param_name(first.get("loc", ()))
         details = "; ".join(f"{_param_name(p.get('loc', ()))}: {p.get('msg')}" for p in problems[:5])
         return error_response(422, details, type_="invalid_request_error", param=param, code="invalid_field")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s", request.url.path)
+        return error_response(500, f"internal error: {type(exc).__name__}", type_="server_error")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

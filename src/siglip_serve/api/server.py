@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 
 from siglip_serve.config import Settings, parse_model_entry
 from siglip_serve.engine.engine import Engine, EngineConfig
@@ -50,6 +51,9 @@ def serve(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = build_engine(settings)  # load before binding the port: a bad checkpoint fails fast
     app = create_app(settings, engine)
+    # After its graceful shutdown uvicorn restores the previous SIGTERM handler and re-raises the
+    # signal; with the default handler the process would die with 143 instead of exiting 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 timeout_graceful_shutdown=settings.request_timeout_s)
     return 0

@@ -147,8 +147,12 @@ class DynamicBatcher(Generic[T, R]):
         self._wakeup.set()
         self._notify("on_queue_depth", name, len(self._queue))
         timeout = None if deadline is None else deadline - now
+        gathered = asyncio.gather(*(p.future for p in pending))
+        # When its children are cancelled (timeout, client gone) gather stores an outcome nobody
+        # reads; retrieve it, or asyncio logs "_GatheringFuture exception was never retrieved".
+        gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*(p.future for p in pending)), timeout))
+            return list(await asyncio.wait_for(gathered, timeout))
         except TimeoutError as exc:
             raise DeadlineExceededError(f"{name}: request waited past its deadline") from exc
         finally:
@@ -168,6 +172,7 @@ class DynamicBatcher(Generic[T, R]):
             live = [p for p in self._queue if not p.future.cancelled()]
             self._queue.clear()
             self._queue.extend(live)
+            self._notify("on_queue_depth", self._config.name, len(self._queue))
 
     async def _run(self) -> None:
         try:

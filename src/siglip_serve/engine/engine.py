@@ -144,7 +144,7 @@ class Engine:
         """Raw image embeddings [N, D]; each item is fetched and decoded concurrently in the pool."""
         self._check_serving()
         pixels = await _gather_first_error(self._prepare(served, item) for item in images)
-        return torch.stack(await served.images.submit(pixels, deadline=deadline))
+        return torch.stack(await self._submit_chunked(served.images, pixels, deadline=deadline))
 
     async def _prepare(self, served: ServedModel, item: Input) -> np.ndarray:
         assert self._pool is not None and item.image is not None
@@ -171,7 +171,7 @@ class Engine:
         self.metrics.cache_misses.inc(len(missing))
         if missing:
             ids = served.model.checkpoint.tokenizer(missing)
-            computed = await served.texts.submit(list(ids), deadline=deadline)
+            computed = await self._submit_chunked(served.texts, list(ids), deadline=deadline)
             pairs = list(zip(missing, computed, strict=True))
             self.cache.put_many(served.name, pairs)
             found.update(pairs)
@@ -233,6 +233,19 @@ class Engine:
         scores = probabilities(served.model.logits(embeds[:1], embeds[1:]), Normalization.SIGMOID)[0]
         order = ranked([str(i) for i in range(len(documents))], scores, top_n)
         return [(int(index), score) for index, score in order], usage
+
+    async def _submit_chunked(self, batcher: DynamicBatcher, items: list, *, deadline: float | None) -> list:
+        """Submit a large request a few batches at a time.
+
+        A request may hold more items (1,000 labels, say) than the queue admits at once; it
+        must not be refused as overload for that. Queueing four batches ahead keeps the model
+        busy while other requests still get their turn between the chunks.
+        """
+        chunk = max(1, min(self.config.max_queue_size, 4 * self.config.max_batch_size))
+        results: list = []
+        for start in range(0, len(items), chunk):
+            results.extend(await batcher.submit(items[start : start + chunk], deadline=deadline))
+        return results
 
     def _check_serving(self) -> None:
         if not self.healthy:

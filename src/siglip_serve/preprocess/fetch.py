@@ -161,7 +161,7 @@ async def _checked_addresses(url: httpx.URL) -> list[str]:
 def _parse_url(reference: str) -> httpx.URL:
     try:
         url = httpx.URL(reference)
-    except httpx.InvalidURL as exc:
+    except (httpx.InvalidURL, UnicodeError) as exc:  # httpx raises UnicodeEncodeError on lone surrogates
         raise _FetchFailed(f"invalid URL: {exc}") from None
     if url.scheme not in _ALLOWED_SCHEMES:
         raise _FetchFailed(f"unsupported URL scheme {url.scheme!r}: only http and https are allowed")

@@ -19,7 +19,7 @@ from enum import StrEnum
 import ftfy
 import torch
 
-from siglip_serve.errors import EmptyInputError
+from siglip_serve.errors import EmptyInputError, InvalidTextError
 
 _WHITESPACE = re.compile(r"\s+")
 _DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -100,3 +100,7 @@ def check_text(text: object, *, param: str) -> None:
         raise EmptyInputError(f"expected a string, got {type(text).__name__}", param=param)
     if not text.strip():
         raise EmptyInputError("text is empty", param=param)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates ("\ud800") are valid JSON but not text
+        raise InvalidTextError("text is not valid Unicode (it contains a lone surrogate)", param=param) from None
