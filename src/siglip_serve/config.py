@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     max_inputs: int = Field(256, ge=1, description="Most inputs (images or texts) in one request.")
     max_labels: int = Field(2048, ge=1, description="Most candidate labels in one classify request.")
     max_documents: int = Field(1024, ge=1, description="Most documents in one rerank request.")
+    jpeg_draft: bool = Field(
+        False, description="Decode large JPEGs at 1/2-1/8 scale in the DCT domain (faster; pixels differ slightly)."
+    )
     decode_workers: int = Field(4, ge=1, description="Threads that fetch, decode and preprocess images.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's).")
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")

@@ -87,10 +87,14 @@ def format_prompts(labels: Sequence[str], templates: str | Sequence[str] | None)
 class Model:
     """A loaded SigLIP-family checkpoint with its preprocessing, tokenizer and scoring."""
 
-    def __init__(self, checkpoint: Checkpoint, *, max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 32):
+    def __init__(self, checkpoint: Checkpoint, *, max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 32,
+                 jpeg_draft: bool = False):
         self.checkpoint = checkpoint
         self.max_pixels = max_pixels
         self.batch_size = batch_size
+        # DCT-domain JPEG downscaling toward the input size; fixed-resolution checkpoints only,
+        # since a NaFlex input size depends on the image.
+        self.draft_size = checkpoint.image_size if jpeg_draft else None
 
     @property
     def info(self) -> ModelInfo:
@@ -110,7 +114,8 @@ class Model:
 
     def prepare_image(self, source: ImageSource) -> Any:
         """Decode and preprocess one image: a [3, H, W] float32 array (NaFlex: patches and shape)."""
-        return self.checkpoint.image_transform(load_image(source, max_pixels=self.max_pixels))
+        image = load_image(source, max_pixels=self.max_pixels, draft_size=self.draft_size)
+        return self.checkpoint.image_transform(image)
 
     def prepare_images(self, images: Sequence[ImageSource]) -> list[Any]:
         images = as_list(images)
@@ -217,9 +222,12 @@ def load(
     dtype: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     batch_size: int = 32,
+    jpeg_draft: bool = False,
 ) -> Model:
     """Load a checkpoint from a local directory or a Hugging Face hub id.
 
     ``device="auto"`` uses CUDA when present, else the CPU; ``dtype="auto"`` is float32.
+    ``jpeg_draft=True`` decodes large JPEGs at reduced scale (faster, slightly different pixels).
     """
-    return Model(load_checkpoint(spec, device=device, dtype=dtype), max_pixels=max_pixels, batch_size=batch_size)
+    return Model(load_checkpoint(spec, device=device, dtype=dtype), max_pixels=max_pixels, batch_size=batch_size,
+                 jpeg_draft=jpeg_draft)

@@ -28,7 +28,8 @@ def build_engine(settings: Settings) -> Engine:
         name, spec = parse_model_entry(entry)
         logger.info("loading %s from %s", name, spec)
         models[name] = load(spec, device=settings.device, dtype=settings.dtype,
-                            max_pixels=settings.max_image_pixels, batch_size=settings.max_batch_size)
+                            max_pixels=settings.max_image_pixels, batch_size=settings.max_batch_size,
+                            jpeg_draft=settings.jpeg_draft)
     config = EngineConfig(
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
