@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
-            from siglip_serve.api.server import serve
+            from siglip_serve.server import serve
 
             return serve(settings_from_args(args))
         if args.command == "classify":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -24,9 +25,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.engine is None:
-            from siglip_serve.api.server import build_engine
+            from siglip_serve.server import build_engine
 
-            app.state.engine = await _in_thread(build_engine, settings)
+            app.state.engine = await asyncio.to_thread(build_engine, settings)
         await app.state.engine.start()
         try:
             yield
@@ -43,12 +44,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics, app_ref=app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     return app
-
-
-async def _in_thread(fn, *args):
-    import asyncio
-
-    return await asyncio.to_thread(fn, *args)
 
 
 class BodyLimit:

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import time
 from collections.abc import Awaitable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
@@ -17,9 +17,11 @@ from siglip_serve.api import protocol as p
 from siglip_serve.api.errors import ClientDisconnected, error_response
 from siglip_serve.api.security import require_api_key
 from siglip_serve.config import Settings
-from siglip_serve.engine.engine import Engine
 from siglip_serve.engine.inputs import Input
 from siglip_serve.errors import DeadlineExceededError, EmptyInputError, InvalidParameterError, TooManyInputsError
+
+if TYPE_CHECKING:  # the HTTP layer never imports torch; the engine arrives through app.state
+    from siglip_serve.engine.engine import Engine, Usage
 
 T = TypeVar("T")
 
@@ -72,8 +74,8 @@ async def run_request(request: Request, work: Awaitable[T], *, deadline: float) 
                                 f"{settings_of(request).request_timeout_s:g} s")
 
 
-def usage(u) -> p.Usage:
-    return p.Usage(**u.as_dict())
+def usage(used: Usage) -> p.Usage:
+    return p.Usage(**used.as_dict())
 
 
 @router.post("/v1/embeddings", response_model=p.EmbeddingsResponse)

@@ -1,4 +1,5 @@
-"""`siglip-serve serve`: load the models, build the engine, run uvicorn until SIGTERM/SIGINT."""
+"""`siglip-serve serve`, the composition root: load the models, build the engine and the app,
+run uvicorn until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
