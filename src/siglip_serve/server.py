@@ -31,6 +31,8 @@ def build_engine(settings: Settings) -> Engine:
         models[name] = load(spec, device=settings.device, dtype=settings.dtype,
                             max_pixels=settings.max_image_pixels, batch_size=settings.max_batch_size,
                             jpeg_draft=settings.jpeg_draft)
+        if settings.compile:
+            models[name].checkpoint.towers.compile()
     config = EngineConfig(
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,

@@ -59,9 +59,10 @@ class NaFlexTowers(SiglipTowers):
         """[B, N, P*P*3] patches, [B, N] mask (1 = real patch), [B, 2] grids -> [B, D] float32 CPU
         embeddings (not normalized). Without the mask the padding is attended to: wrong results."""
         pooled = self.module.vision_model(
-            pixel_values=pixel_values.to(self.device, self.dtype, non_blocking=True),
-            pixel_attention_mask=pixel_attention_mask.to(self.device, non_blocking=True),
-            spatial_shapes=spatial_shapes.to(self.device, non_blocking=True),
+            pixel_values=self.to_device(pixel_values, self.dtype),
+            pixel_attention_mask=self.to_device(pixel_attention_mask),
+            # spatial_shapes stays on the host: transformers reads it with .tolist() per image
+            spatial_shapes=spatial_shapes,
         ).pooler_output
         return pooled.float().cpu()
 

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from siglip_serve.errors import InvalidParameterError
+
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -37,7 +39,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     try:
         return DTYPES[dtype]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}") from None
+        raise InvalidParameterError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}",
+                                    param="dtype") from None
 
 
 @dataclass(frozen=True)
@@ -74,10 +77,21 @@ class SiglipTowers:
         """
         return self.encode_images(torch.from_numpy(np.stack(prepared)))
 
+    def to_device(self, tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Host -> device; on CUDA through pinned memory, so the copy is asynchronous."""
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True).to(dtype or tensor.dtype)
+
+    def compile(self) -> None:
+        """torch.compile both towers (opt-in: 10-20 s per new batch shape; notes §7 measured 1.1-1.25x on CPU)."""
+        self.module.vision_model = torch.compile(self.module.vision_model)
+        self.module.text_model = torch.compile(self.module.text_model)
+
     @torch.inference_mode()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] normalized pixels -> [B, D] float32 CPU embeddings (not normalized)."""
-        pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
+        pixel_values = self.to_device(pixel_values, self.dtype)
         pooled = self.module.vision_model(pixel_values=pixel_values).pooler_output
         return pooled.float().cpu()
 
@@ -87,6 +101,6 @@ class SiglipTowers:
 
         No attention mask, by design: the tower was trained without one and pools position L-1.
         """
-        input_ids = input_ids.to(self.device, non_blocking=True)
+        input_ids = self.to_device(input_ids)
         pooled = self.module.text_model(input_ids=input_ids).pooler_output
         return pooled.float().cpu()
