@@ -60,6 +60,8 @@ def cross_check_known(checkpoint: Checkpoint, *, spec: str) -> None:
         "embed_dim": checkpoint.embed_dim,
         "resample": getattr(checkpoint.image_transform, "resample", None),
         "image_size": checkpoint.image_size,
+        "patch_size": checkpoint.patch_size,
+        "max_num_patches": getattr(checkpoint.image_transform, "max_num_patches", None),
     }
     expected = {
         "family": known.family,
@@ -70,6 +72,8 @@ def cross_check_known(checkpoint: Checkpoint, *, spec: str) -> None:
         "embed_dim": known.embed_dim,
         "resample": PIL_FILTERS[known.resample],
         "image_size": known.image_size,
+        "patch_size": known.patch_size,
+        "max_num_patches": known.max_num_patches,
     }
     wrong = [f"{key}: files say {found[key]}, table says {expected[key]}"
              for key in found if expected[key] is not None and found[key] != expected[key]]

@@ -85,7 +85,7 @@ def load_hf_checkpoint(directory: Path, *, name: str, device: torch.device, dtyp
     text_length = int(config.get("text_config", {}).get("max_position_embeddings", 64))
     cleaning = TextCleaning.SIGLIP if family is Family.SIGLIP else TextCleaning.LOWERCASE
     tokenizer = build_tokenizer(directory, length=text_length, cleaning=cleaning)
-    module = _load_module(directory)
+    module = load_transformers_module("SiglipModel", directory)
     checkpoint = Checkpoint(
         name=name,
         directory=directory,
@@ -101,12 +101,13 @@ def load_hf_checkpoint(directory: Path, *, name: str, device: torch.device, dtyp
     return checkpoint
 
 
-def _load_module(directory: Path) -> torch.nn.Module:
+def load_transformers_module(class_name: str, directory: Path) -> torch.nn.Module:
+    """A transformers model class in fp32 with SDPA; missing or misshapen weights are an error."""
+    import transformers
     from safetensors import SafetensorError
-    from transformers import SiglipModel
 
     try:
-        module, info = SiglipModel.from_pretrained(
+        module, info = getattr(transformers, class_name).from_pretrained(
             directory, dtype=torch.float32, attn_implementation="sdpa", output_loading_info=True
         )
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # corrupt or truncated download

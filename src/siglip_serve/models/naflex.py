@@ -20,8 +20,7 @@ import torch
 
 from siglip_serve.errors import InvalidCheckpointError, UnsupportedModelError
 from siglip_serve.models.checkpoint import Checkpoint, Family, cross_check_known
-from siglip_serve.models.hf import read_json
-from siglip_serve.models.registry import find_known
+from siglip_serve.models.hf import load_transformers_module, read_json
 from siglip_serve.models.tokenizer_files import build_tokenizer
 from siglip_serve.models.towers import SiglipTowers
 from siglip_serve.preprocess.naflex import NaFlexPixels, NaFlexTransform
@@ -126,7 +125,7 @@ def load_naflex_checkpoint(directory: Path, *, name: str, device: torch.device, 
     text_length = int(config.get("text_config", {}).get("max_position_embeddings", 64))
     # SigLIP 2 was trained on lowercased text with punctuation kept (notes §2).
     tokenizer = build_tokenizer(directory, length=text_length, cleaning=TextCleaning.LOWERCASE)
-    module = _load_module(directory)
+    module = load_transformers_module("Siglip2Model", directory)
     patch_size = int(module.config.vision_config.patch_size)
     transform = naflex_transform_from_config(
         read_json(directory / "preprocessor_config.json"),
@@ -145,42 +144,4 @@ def load_naflex_checkpoint(directory: Path, *, name: str, device: torch.device, 
         patch_size=patch_size,
     )
     cross_check_known(checkpoint, spec=name)
-    _cross_check_patches(checkpoint, transform, spec=name)
     return checkpoint
-
-
-def _cross_check_patches(checkpoint: Checkpoint, transform: NaFlexTransform, *, spec: str) -> None:
-    """The NaFlex facts `cross_check_known` has no field for: patch size and patch budget."""
-    known = find_known(spec)
-    if known is None:
-        return
-    found = {"patch_size": checkpoint.patch_size, "max_num_patches": transform.max_num_patches}
-    expected = {"patch_size": known.patch_size, "max_num_patches": known.max_num_patches}
-    wrong = [f"{key}: files say {found[key]}, table says {expected[key]}"
-             for key in found if expected[key] is not None and found[key] != expected[key]]
-    if wrong:
-        raise InvalidCheckpointError(
-            f"{checkpoint.directory} does not match the known facts of {spec}: {'; '.join(wrong)}"
-        )
-
-
-def _load_module(directory: Path) -> torch.nn.Module:
-    """`Siglip2Model` in fp32 with SDPA; missing or misshapen weights are an error (as hf.py's)."""
-    from safetensors import SafetensorError
-    from transformers import Siglip2Model
-
-    try:
-        module, info = Siglip2Model.from_pretrained(
-            directory, dtype=torch.float32, attn_implementation="sdpa", output_loading_info=True
-        )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # corrupt or truncated download
-        raise InvalidCheckpointError(f"cannot load weights from {directory}: {exc}") from None
-    missing = sorted(info.get("missing_keys") or [])
-    mismatched = info.get("mismatched_keys") or []
-    if missing:
-        raise InvalidCheckpointError(f"{directory}/model.safetensors is missing weights: {', '.join(missing[:5])}")
-    if mismatched:
-        raise InvalidCheckpointError(f"{directory}/model.safetensors has weights of the wrong shape: {mismatched[:5]}")
-    if info.get("unexpected_keys"):
-        logger.warning("%s: ignoring unexpected weights %s", directory, sorted(info["unexpected_keys"])[:5])
-    return module
