@@ -10,7 +10,6 @@ is SigLIP's: fixed length, no mask, pooled at the last position (notes §2).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,6 @@ from siglip_serve.models.tokenizer_files import build_tokenizer
 from siglip_serve.models.towers import SiglipTowers
 from siglip_serve.preprocess.naflex import NaFlexPixels, NaFlexTransform
 from siglip_serve.preprocess.text import TextCleaning
-
-logger = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 DEFAULT_MAX_NUM_PATCHES = 256  # Siglip2ImageProcessorPil's default, and the hub's NaFlex configs
