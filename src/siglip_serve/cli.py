@@ -1,9 +1,10 @@
-"""The `siglip-serve` command: serve, classify, models."""
+"""The `siglip-serve` command: serve, classify, models, train."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import typing
 from collections.abc import Sequence
@@ -11,7 +12,9 @@ from collections.abc import Sequence
 from pydantic.fields import FieldInfo
 
 from siglip_serve.config import ENV_PREFIX, Settings
+from siglip_serve.demo import DEMO_MODEL_NAME
 from siglip_serve.errors import SiglipServeError
+from siglip_serve.training.cli import add_train_arguments, run_train
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     classify = commands.add_parser("classify", help="Zero-shot classify images from the command line.")
     classify.add_argument("images", nargs="+", metavar="IMAGE", help="Image file paths.")
     classify.add_argument("--labels", required=True, help='Comma-separated labels, e.g. "cat,dog,car".')
-    classify.add_argument("--model", required=True, help="Local checkpoint directory or hub id.")
+    classify.add_argument("--model", default=DEMO_MODEL_NAME,
+                          help=f"Local checkpoint directory or hub id (default: {DEMO_MODEL_NAME}, the demo model).")
     classify.add_argument("--template", action="append", default=None,
                           help='Hypothesis template with "{}" (repeat to ensemble). '
                                'Default: "This is a photo of {}."')
@@ -63,10 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="List known checkpoints.")
     models.add_argument("--json", action="store_true")
+
+    train = commands.add_parser(
+        "train", help="Train a SigLIP with the sigmoid loss (shapes dataset) or fine-tune one on captioned images.")
+    add_train_arguments(train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
@@ -75,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(settings_from_args(args))
         if args.command == "classify":
             return run_classify(args)
+        if args.command == "train":
+            return run_train(args, command="siglip-serve " + shlex.join(argv))
         return run_models(args)
     except SiglipServeError as exc:
         print(f"error: {exc}", file=sys.stderr)

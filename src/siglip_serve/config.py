@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from siglip_serve.demo import DEMO_MODEL_NAME
 from siglip_serve.preprocess.images import DEFAULT_MAX_PIXELS
 
 ENV_PREFIX = "SIGLIP_SERVE_"
@@ -21,9 +22,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     model: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Checkpoint to serve: SPEC or NAME=SPEC (a local directory or a hub id). Repeat for "
-        "several models; the environment variable takes a comma-separated list.",
+        default_factory=lambda: [DEMO_MODEL_NAME],
+        description="Checkpoint to serve: SPEC or NAME=SPEC (a local directory, a hub id, or siglip-demo-shapes, "
+        "the small demo model in the package). Repeat for several models; the environment variable takes a "
+        "comma-separated list.",
     )
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")

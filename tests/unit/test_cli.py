@@ -218,6 +218,33 @@ def test_serve_help_shows_flags_and_env_vars(capsys, monkeypatch: pytest.MonkeyP
         assert env in out
 
 
+def test_the_demo_model_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from siglip_serve.cli import build_parser, settings_from_args
+
+    monkeypatch.delenv("SIGLIP_SERVE_MODEL", raising=False)
+    assert settings_from_args(build_parser().parse_args(["serve"])).model == ["siglip-demo-shapes"]
+    assert build_parser().parse_args(["classify", "x.png", "--labels", "a,b"]).model == "siglip-demo-shapes"
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+
+def test_train_subcommand_trains_and_saves_a_loadable_checkpoint(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "trained"
+    code, stdout, _ = run(capsys, "train", "--out", str(out), "--steps", "2", "--batch-size", "8",
+                          "--pool-size", "48", "--threads", "2", "--device", "cpu", "--no-progress",
+                          "--eval-images", "48", "--image-size", "32", "--patch-size", "8", "--vision-width", "32",
+                          "--vision-layers", "1", "--text-width", "32", "--text-layers", "1", "--head-dim", "16")
+    assert code == 0
+    assert "2 steps" in stdout and "held-out zero-shot top-1 on 48 images" in stdout
+    record = json.loads((out / "training.json").read_text())
+    assert record["command"].startswith(f"siglip-serve train --out {out} --steps 2")
+    assert record["steps_done"] == 2
+    import siglip_serve
+
+    assert siglip_serve.load(str(out), device="cpu").info.image_size == 32
+
+
 def test_no_command_is_a_usage_error(capsys) -> None:
     with pytest.raises(SystemExit) as info:
         main([])

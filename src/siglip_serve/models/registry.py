@@ -1,7 +1,8 @@
 """Known checkpoints (data in `known_checkpoints.toml`) and resolution of a model spec to a directory.
 
 A spec is a local directory, a Hugging Face hub id (``google/siglip-base-patch16-512``)
-or either with a prefix (``local-dir:PATH``, ``hf-hub:ID``), as open_clip's factory parses them.
+or either with a prefix (``local-dir:PATH``, ``hf-hub:ID``), as open_clip's factory parses them,
+or ``siglip-demo-shapes``: the small demo model inside the package.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from siglip_serve.demo import DEMO_MODEL_NAME, demo_model_dir
 from siglip_serve.errors import CheckpointNotFoundError
 
 # Files a SigLIP checkpoint may need; everything else in a hub repo (other weight formats,
@@ -72,6 +74,11 @@ def resolve_checkpoint_dir(spec: str) -> Path:
     Hub ids go through huggingface_hub's cache: downloaded when online, read from the
     cache when offline (HF_HUB_OFFLINE=1), and a clear error when neither works.
     """
+    if spec == DEMO_MODEL_NAME:
+        path = demo_model_dir()
+        if not (path / "config.json").is_file():
+            raise CheckpointNotFoundError(f"the {DEMO_MODEL_NAME} checkpoint is missing from the package ({path})")
+        return path
     if spec.startswith("local-dir:"):
         path = Path(spec.removeprefix("local-dir:")).expanduser()
         if not path.is_dir():

@@ -1,0 +1,219 @@
+"""Training batches: the built-in shapes dataset, or a user's images with captions (JSONL or CSV).
+
+Both give the same thing per step: pixel values preprocessed exactly as the serving path does
+(the checkpoint's `ImageTransform`), the captions, and which (image, caption) pairs match.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import repeat
+from multiprocessing import get_all_start_methods, get_context
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from siglip_serve.errors import SiglipServeError
+from siglip_serve.preprocess.images import ImageTransform, load_image
+from siglip_serve.preprocess.text import TextCleaning, clean_text
+from siglip_serve.training.shapes import make_caption, make_sample
+
+
+class TrainingDataError(SiglipServeError):
+    """A captions file that cannot be read, or that names missing images."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    pixel_values: torch.Tensor  # [B, 3, H, W] float32
+    captions: list[str]
+    positives: torch.Tensor  # [B, B] bool: caption j describes image i
+
+
+class BatchSource(Protocol):
+    def batch(self, step: int, size: int) -> Batch: ...
+
+
+def stack_images(images: Sequence[Image.Image], transform: Callable[[Image.Image], np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([transform(image) for image in images]))
+
+
+def resize_pixels(image: Image.Image, transform: ImageTransform) -> np.ndarray:
+    """[H, W, 3] uint8: the resize step of `preprocess_image`, with the checkpoint's filter."""
+    size = (transform.width, transform.height)
+    return np.asarray(image if image.size == size else image.resize(size, resample=transform.resample))
+
+
+def normalize_pixels(pixels: np.ndarray, transform: ImageTransform) -> torch.Tensor:
+    """[B, H, W, 3] uint8 -> [B, 3, H, W] float32: the rest of `preprocess_image`, same arithmetic."""
+    mean = np.asarray(transform.mean, dtype=np.float32)
+    std = np.asarray(transform.std, dtype=np.float32)
+    scale = np.float32(transform.rescale_factor) / std
+    normalized = pixels.astype(np.float32) * scale - mean / std
+    return torch.from_numpy(np.ascontiguousarray(normalized.transpose(0, 3, 1, 2)))
+
+
+@dataclass(frozen=True)
+class ShapeFacts:
+    color: str
+    shape: str
+    background_tone: str | None
+
+
+def render_pool_images(seed: int, start: int, stop: int, transform: ImageTransform) -> tuple[np.ndarray, list]:
+    samples = [make_sample(seed, index) for index in range(start, stop)]
+    pixels = np.stack([resize_pixels(s.image, transform) for s in samples])
+    return pixels, [ShapeFacts(s.color, s.shape, s.background_tone) for s in samples]
+
+
+class ShapesPool:
+    """A fixed pool of shapes images, drawn once, reused with fresh captions and random flips/rotations.
+
+    Drawing an image (background, shape, JPEG round trip, resize) costs about as much as a training
+    step of the small demo model spends on it, so re-using each one ~15 times, each time under one of
+    the 8 symmetries of the square (which change neither color nor shape) and with a newly drawn
+    caption, nearly doubles the images per second. Pixels are stored after the checkpoint's resize,
+    as uint8; normalization is `preprocess_image`'s own arithmetic.
+    """
+
+    def __init__(self, transform: ImageTransform, *, seed: int = 0, size: int = 40_000, workers: int = 2,
+                 progress: bool = False) -> None:
+        self.transform, self.seed = transform, seed
+        chunks = [(start, min(start + 960, size)) for start in range(0, size, 960)]
+        starts, stops = zip(*chunks, strict=True)
+        if workers <= 1:
+            jobs = map(render_pool_images, repeat(seed), starts, stops, repeat(transform))
+            parts = list(progress_over(jobs, total=len(chunks), enabled=progress))
+        else:  # drawing is plain Python/PIL/numpy: processes, not threads
+            context = get_context("fork") if "fork" in get_all_start_methods() else None
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                jobs = pool.map(render_pool_images, repeat(seed), starts, stops, repeat(transform))
+                parts = list(progress_over(jobs, total=len(chunks), enabled=progress))
+        self.pixels = np.concatenate([pixels for pixels, _ in parts])
+        self.facts: list[ShapeFacts] = [fact for _, facts in parts for fact in facts]
+
+    def __len__(self) -> int:
+        return len(self.facts)
+
+    def batch(self, step: int, size: int) -> Batch:
+        rng = np.random.default_rng([self.seed, step, 4])
+        indices = [self.index(step * size + i) for i in range(size)]
+        pixels = np.stack([dihedral(self.pixels[i], int(rng.integers(8))) for i in indices])
+        facts = [self.facts[i] for i in indices]
+        captions = [make_caption(rng, f.color, f.shape, f.background_tone) for f in facts]
+        # Several captions in a batch can truly describe one image (two red circles; "a circle" and
+        # any circle). Treating them as negatives, as a plain identity target would, teaches the model
+        # to push apart what it should pull together; so every true description is a positive.
+        positives = torch.tensor([[caption.describes(fact) for caption in captions] for fact in facts])
+        return Batch(normalize_pixels(pixels, self.transform), [c.text for c in captions], positives)
+
+    def index(self, position: int) -> int:
+        epoch, offset = divmod(position, len(self))
+        return int(epoch_order(self.seed, epoch, len(self))[offset])
+
+
+def dihedral(pixels: np.ndarray, op: int) -> np.ndarray:
+    """One of the 8 symmetries of the square: a rotation by op % 4 quarter turns, mirrored if op >= 4."""
+    rotated = np.rot90(pixels, k=op % 4)
+    return rotated[:, ::-1] if op >= 4 else rotated
+
+
+def progress_over(items: Iterable, *, total: int, enabled: bool) -> Iterable:
+    from tqdm.auto import tqdm
+
+    return tqdm(items, total=total, disable=not enabled, desc="drawing images", unit="chunk", leave=False)
+
+
+@dataclass(frozen=True)
+class CaptionedImage:
+    path: Path
+    caption: str
+
+
+def read_captions(path: Path) -> list[CaptionedImage]:
+    """Rows of `image` (a path, relative to the captions file) and `caption`, from .jsonl or .csv."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingDataError(f"captions file {str(path)!r} does not exist")
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        rows = _jsonl_rows(path)
+    elif path.suffix.lower() == ".csv":
+        rows = _csv_rows(path)
+    else:
+        raise TrainingDataError(f"{path}: expected a .jsonl or .csv file of image paths and captions")
+    items = []
+    for where, row in rows:
+        image, caption = row.get("image"), row.get("caption")
+        if not isinstance(image, str) or not image or not isinstance(caption, str) or not caption.strip():
+            raise TrainingDataError(f"{where}: expected a non-empty 'image' path and 'caption' text")
+        image_path = (path.parent / image).expanduser()
+        if not image_path.is_file():
+            raise TrainingDataError(f"{where}: image {str(image_path)!r} does not exist")
+        items.append(CaptionedImage(image_path, caption))
+    if not items:
+        raise TrainingDataError(f"{path} has no rows")
+    return items
+
+
+def _jsonl_rows(path: Path) -> list[tuple[str, dict]]:
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TrainingDataError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise TrainingDataError(f"{path}:{number}: expected a JSON object")
+        rows.append((f"{path}:{number}", row))
+    return rows
+
+
+def _csv_rows(path: Path) -> list[tuple[str, dict]]:
+    with path.open(newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
+            raise TrainingDataError(f"{path}: the header must name the columns 'image' and 'caption'")
+        return [(f"{path}:{reader.line_num}", row) for row in reader]
+
+
+@dataclass(frozen=True)
+class CaptionsSource:
+    """A user's captioned images, reshuffled every epoch by `seed`; images decoded per batch."""
+
+    items: Sequence[CaptionedImage]
+    transform: Callable[[Image.Image], np.ndarray]
+    cleaning: TextCleaning
+    seed: int = 0
+
+    def batch(self, step: int, size: int) -> Batch:
+        indices = [self.index(step * size + i) for i in range(size)]
+        items = [self.items[i] for i in indices]
+        images = []
+        for item in items:
+            try:
+                images.append(load_image(item.path))
+            except SiglipServeError as exc:
+                raise TrainingDataError(f"{item.path}: {exc.message}") from None
+        # Identical captions (after the tokenizer's cleaning) describe each other's images too.
+        keys = [clean_text(item.caption, self.cleaning) for item in items]
+        positives = torch.tensor([[a == b for b in keys] for a in keys])
+        return Batch(stack_images(images, self.transform), [item.caption for item in items], positives)
+
+    def index(self, position: int) -> int:
+        epoch, offset = divmod(position, len(self.items))
+        return int(epoch_order(self.seed, epoch, len(self.items))[offset])
+
+
+@lru_cache(maxsize=2)
+def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(size)

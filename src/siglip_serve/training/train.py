@@ -1,0 +1,307 @@
+"""Train or fine-tune a SigLIP (transformers' `SiglipModel`) with the pairwise sigmoid loss.
+
+The text and image inputs are made by the serving path's own code: our fixed-length tokenizer
+(cleaning, 64 tokens, sticky EOS, pad "</s>") run without an attention mask, and the checkpoint's
+`ImageTransform`. So what the model learns is exactly what `siglip_serve.load` will feed it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from siglip_serve.errors import UnsupportedModelError
+from siglip_serve.models.checkpoint import Checkpoint
+from siglip_serve.models.tokenizer_files import build_tokenizer
+from siglip_serve.models.towers import resolve_device
+from siglip_serve.preprocess.images import ImageTransform
+from siglip_serve.preprocess.text import FixedLengthTokenizer, TextCleaning, clean_text
+from siglip_serve.training.checkpoint_files import (
+    copy_tokenizer_files,
+    save_model,
+    train_sentencepiece,
+    write_json,
+    write_preprocessor_config,
+)
+from siglip_serve.training.data import Batch, BatchSource, CaptionsSource, ShapesPool, read_captions
+from siglip_serve.training.loss import INIT_LOGIT_BIAS, INIT_LOGIT_SCALE, sigmoid_loss
+from siglip_serve.training.shapes import caption_corpus
+
+BICUBIC = 3  # PIL filter id, as google/siglip-* preprocessor_config.json (shared notes §3)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Size of a model trained from scratch. The defaults are the shipped siglip-demo-shapes."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_width: int = 192
+    vision_layers: int = 6
+    text_width: int = 128
+    text_layers: int = 2
+    head_dim: int = 64
+    text_length: int = 64  # SigLIP's real text length
+    vocab_size: int = 256  # asked of SentencePiece; a small corpus may give fewer pieces
+
+    def config(self, vocab_size: int) -> dict:
+        def tower(width: int, layers: int) -> dict:
+            return {"hidden_size": width, "intermediate_size": 4 * width, "num_hidden_layers": layers,
+                    "num_attention_heads": max(1, width // self.head_dim), "layer_norm_eps": 1e-6,
+                    "hidden_act": "gelu_pytorch_tanh"}
+
+        return {
+            "vision_config": {**tower(self.vision_width, self.vision_layers),
+                              "image_size": self.image_size, "patch_size": self.patch_size},
+            # bos/eos in config.json are unused by SigLIP (CLIP leftovers); pad is "</s>" = 1.
+            "text_config": {**tower(self.text_width, self.text_layers), "vocab_size": vocab_size,
+                            "max_position_embeddings": self.text_length, "projection_size": self.vision_width,
+                            "pad_token_id": 1, "bos_token_id": None, "eos_token_id": None},
+        }
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    out: Path
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    seed: int = 0
+    data: Path | None = None  # JSONL/CSV of image + caption; None: the built-in shapes dataset
+    pool_size: int = 40_000  # shapes dataset: images drawn up front and reused (see ShapesPool)
+    init: str | None = None  # checkpoint to fine-tune; None: from scratch with `architecture`
+    architecture: Architecture = field(default_factory=Architecture)
+    save_dtype: torch.dtype = torch.float32
+    threads: int | None = None
+    device: str = "auto"  # auto: CUDA when present, else the CPU
+    bf16: bool = False  # bfloat16 autocast (mixed precision; weights and optimizer stay float32)
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    steps_done: int
+    interrupted: bool
+    seconds: float  # the training loop
+    total_seconds: float  # everything: tokenizer, drawing the image pool, training, saving
+    losses: list[float]
+
+
+@dataclass
+class Setup:
+    module: torch.nn.Module
+    tokenizer: FixedLengthTokenizer
+    transform: ImageTransform
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def scratch_setup(options: TrainOptions, corpus: list[str]) -> Setup:
+    """A new tokenizer trained on `corpus` and a randomly initialized SiglipModel."""
+    from transformers import SiglipConfig, SiglipModel
+
+    arch = options.architecture
+    cleaning = TextCleaning.SIGLIP
+    train_sentencepiece(options.out, [clean_text(text, cleaning) for text in corpus],
+                        vocab_size=arch.vocab_size, length=arch.text_length)
+    transform = ImageTransform(height=arch.image_size, width=arch.image_size, resample=BICUBIC)
+    write_preprocessor_config(options.out, transform)
+    tokenizer = build_tokenizer(options.out, length=arch.text_length, cleaning=cleaning)
+    import sentencepiece
+
+    vocab_size = sentencepiece.SentencePieceProcessor(model_file=str(options.out / "spiece.model")).get_piece_size()
+    module = SiglipModel._from_config(SiglipConfig(**arch.config(vocab_size)), attn_implementation="sdpa")
+    with torch.no_grad():  # transformers initializes both to 0; the paper's values instead
+        module.logit_scale.fill_(INIT_LOGIT_SCALE)
+        module.logit_bias.fill_(INIT_LOGIT_BIAS)
+        grid = arch.image_size // arch.patch_size
+        module.vision_model.embeddings.position_embedding.weight.copy_(sincos_2d(grid, arch.vision_width))
+    return Setup(module, tokenizer, transform)
+
+
+def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> torch.Tensor:
+    """[grid*grid, width] 2-D sine-cosine position embeddings (big_vision `posemb="sincos2d"`, MAE),
+    rows in patch order (row-major). An initialization only: they stay trainable. A small ViT trained
+    from scratch learns shapes noticeably faster from it than from random position embeddings."""
+    if width % 4:
+        raise ValueError(f"vision width must be a multiple of 4 for 2-D sin-cos embeddings, got {width}")
+    y, x = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                          indexing="ij")
+    omega = 1.0 / temperature ** (torch.arange(width // 4, dtype=torch.float32) / (width // 4))
+    x = x.flatten()[:, None] * omega[None]
+    y = y.flatten()[:, None] * omega[None]
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)
+
+
+def init_setup(options: TrainOptions) -> Setup:
+    """Fine-tune a loadable checkpoint: its module, tokenizer and transform, as the loader builds them."""
+    from siglip_serve.models.loader import load_checkpoint
+
+    checkpoint: Checkpoint = load_checkpoint(options.init, device="cpu", dtype="float32")
+    if not isinstance(checkpoint.image_transform, ImageTransform):
+        raise UnsupportedModelError(f"{options.init}: only fixed-resolution checkpoints can be fine-tuned")
+    copy_tokenizer_files(checkpoint.directory, options.out)
+    return Setup(checkpoint.towers.module, checkpoint.tokenizer, checkpoint.image_transform)
+
+
+def make_source(options: TrainOptions, setup: Setup) -> BatchSource:
+    if options.data is None:
+        return ShapesPool(setup.transform, seed=options.seed, size=options.pool_size,
+                          workers=min(options.threads or torch.get_num_threads(), 8), progress=options.progress)
+    items = read_captions(options.data)
+    return CaptionsSource(items, setup.transform, setup.tokenizer.cleaning, seed=options.seed)
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warmup, then cosine decay to 0 (the SigLIP paper's schedule shape)."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def optimizer_for(module: torch.nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (not on norms, biases, logit_scale/bias)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": options.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=options.lr, betas=(0.9, 0.95))
+
+
+class TokenCache:
+    """Caption -> fixed-length ids; captions repeat a lot in the shapes dataset."""
+
+    def __init__(self, tokenizer: FixedLengthTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.rows: dict[str, list[int]] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        for caption in captions:
+            if caption not in self.rows:
+                self.rows[caption] = self.tokenizer.token_ids(caption)
+        return torch.tensor([self.rows[c] for c in captions], dtype=torch.long)
+
+
+def batch_loss(module: torch.nn.Module, batch: Batch, tokens: TokenCache, *, bf16: bool = False) -> torch.Tensor:
+    device = module.logit_scale.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        image_embeds = module.vision_model(pixel_values=batch.pixel_values.to(device)).pooler_output
+        # No attention mask, as SigLIP is trained and as we serve it (shared notes §2).
+        text_embeds = module.text_model(input_ids=tokens(batch.captions).to(device)).pooler_output
+    return sigmoid_loss(image_embeds.float(), text_embeds.float(), module.logit_scale, module.logit_bias,
+                        batch.positives.to(device))
+
+
+def prefetched(source: BatchSource, steps: int, batch_size: int) -> Iterator[Batch]:
+    """Batches 0..steps-1, the next one assembled in a thread while the model works on the current one
+    (image decoding and resizing release the GIL). Deterministic: batch k depends on k only."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        upcoming = pool.submit(source.batch, 0, batch_size) if steps else None
+        for step in range(steps):
+            batch = upcoming.result()
+            upcoming = pool.submit(source.batch, step + 1, batch_size) if step + 1 < steps else None
+            yield batch
+
+
+def train(options: TrainOptions, *, source: BatchSource | None = None, command: str | None = None,
+          callback: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
+    """Train for `options.steps` steps and save to `options.out`, also when interrupted (Ctrl-C).
+
+    `callback(step, module)` runs after every optimizer step (e.g. to evaluate along the way).
+    """
+    began = time.perf_counter()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    seed_everything(options.seed)
+    options.out.mkdir(parents=True, exist_ok=True)
+    if options.init:
+        setup = init_setup(options)
+    else:
+        corpus = caption_corpus() if options.data is None else [i.caption for i in read_captions(options.data)]
+        setup = scratch_setup(options, corpus)
+    source = source or make_source(options, setup)
+    module = setup.module.to(resolve_device(options.device)).train()
+    optimizer = optimizer_for(module, options)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(options.warmup_steps, options.steps))
+    tokens = TokenCache(setup.tokenizer)
+    losses: list[float] = []
+    interrupted = False
+    started = time.perf_counter()
+    bar = progress_bar(options)
+    batches = prefetched(source, options.steps, options.batch_size)
+    try:
+        for step, batch in enumerate(batches):
+            loss = batch_loss(module, batch, tokens, bf16=options.bf16)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), options.grad_clip)
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+            if callback is not None:
+                callback(step, module)
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}",
+                            img_s=f"{len(losses) * options.batch_size / (time.perf_counter() - started):.0f}",
+                            refresh=False)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        batches.close()
+        bar.close()
+    seconds = time.perf_counter() - started
+    save_model(module.cpu(), options.out, dtype=options.save_dtype)
+    result = TrainResult(options.out, len(losses), interrupted, seconds, time.perf_counter() - began, losses)
+    write_training_record(options, result, command)
+    return result
+
+
+def progress_bar(options: TrainOptions):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=options.steps, unit="step", disable=not options.progress, mininterval=1.0,
+                dynamic_ncols=True)
+
+
+def write_training_record(options: TrainOptions, result: TrainResult, command: str | None) -> None:
+    """training.json next to the weights: how it was made, for reproducing it."""
+    settings = {k: (str(v) if isinstance(v, Path | torch.dtype) else v) for k, v in asdict(options).items()
+                if k not in ("progress",)}
+    tail = result.losses[-50:]
+    write_json(options.out / "training.json", {
+        "command": command,
+        "options": settings,
+        "steps_done": result.steps_done,
+        "interrupted": result.interrupted,
+        "seconds": round(result.seconds, 1),
+        "total_seconds": round(result.total_seconds, 1),
+        "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    })
+
+
+def read_training_record(directory: Path) -> dict | None:
+    path = directory / "training.json"
+    return json.loads(path.read_text()) if path.is_file() else None

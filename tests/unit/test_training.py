@@ -1,0 +1,362 @@
+"""`siglip-serve train`: the sigmoid loss, the shapes dataset, caption files, training, saving.
+
+Models here are tiny (one layer, width 32) so that every test takes seconds on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece
+import torch
+from PIL import Image
+from safetensors import safe_open
+from tiny_checkpoints import build_siglip1
+
+import siglip_serve
+from siglip_serve.preprocess.images import ImageTransform
+from siglip_serve.preprocess.text import TextCleaning
+from siglip_serve.training.cli import add_train_arguments, run_train
+from siglip_serve.training.data import (
+    CaptionsSource,
+    ShapeFacts,
+    ShapesPool,
+    TrainingDataError,
+    dihedral,
+    normalize_pixels,
+    read_captions,
+    resize_pixels,
+)
+from siglip_serve.training.loss import INIT_LOGIT_BIAS, INIT_LOGIT_SCALE, sigmoid_loss
+from siglip_serve.training.shapes import COLORS, COMBOS, SHAPES, caption_corpus, make_sample, with_article
+from siglip_serve.training.train import Architecture, TrainOptions, train, warmup_cosine
+
+TINY = Architecture(image_size=32, patch_size=8, vision_width=32, vision_layers=1, text_width=32, text_layers=1,
+                    head_dim=16, vocab_size=128)
+
+
+def tiny_options(out: Path, **overrides) -> TrainOptions:
+    settings = {"steps": 20, "batch_size": 16, "lr": 3e-3, "warmup_steps": 2, "architecture": TINY,
+                "pool_size": 96, "threads": 2, "device": "cpu", "progress": False, **overrides}
+    return TrainOptions(out=out, **settings)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+# --- loss ---------------------------------------------------------------------------------------
+
+
+def log_sigmoid(x: float) -> float:
+    return -math.log1p(math.exp(-x))
+
+
+def test_loss_equals_algorithm_1_by_hand() -> None:
+    # Unnormalized inputs: the loss normalizes them. cos = [[0.6, 0.8], [0.8, 0.6]].
+    images = torch.tensor([[3.0, 0.0], [0.0, 0.5]])
+    texts = torch.tensor([[0.6, 0.8], [1.6, 1.2]])
+    scale, bias = torch.tensor([math.log(2.0)]), torch.tensor([-1.0])
+    # logits = 2 * cos - 1 = [[0.2, 0.6], [0.6, 0.2]]; labels = 2 * eye - 1; sum over pairs / batch size 2.
+    expected = -(log_sigmoid(0.2) + log_sigmoid(-0.6) + log_sigmoid(-0.6) + log_sigmoid(0.2)) / 2
+    assert float(sigmoid_loss(images, texts, scale, bias)) == pytest.approx(expected, abs=1e-6)
+    # Marking the off-diagonal pair (0, 1) positive flips its label.
+    positives = torch.tensor([[True, True], [False, True]])
+    expected = -(log_sigmoid(0.2) + log_sigmoid(0.6) + log_sigmoid(-0.6) + log_sigmoid(0.2)) / 2
+    assert float(sigmoid_loss(images, texts, scale, bias, positives)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_loss_is_lower_when_positives_align() -> None:
+    generator = torch.Generator().manual_seed(0)
+    embeds = torch.randn(8, 16, generator=generator)
+    scale, bias = torch.tensor([INIT_LOGIT_SCALE]), torch.tensor([INIT_LOGIT_BIAS])
+    aligned = sigmoid_loss(embeds, embeds, scale, bias)
+    shuffled = sigmoid_loss(embeds, embeds.roll(1, dims=0), scale, bias)
+    assert float(aligned) < float(shuffled)
+
+
+def test_paper_initial_temperature() -> None:
+    assert math.exp(INIT_LOGIT_SCALE) == pytest.approx(10.0)
+    assert INIT_LOGIT_BIAS == -10.0
+
+
+def test_warmup_then_cosine_to_zero() -> None:
+    factor = warmup_cosine(10, 110)
+    assert factor(0) == pytest.approx(0.1)
+    assert factor(9) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.5)
+    assert factor(110) == pytest.approx(0.0, abs=1e-12)
+
+
+# --- shapes dataset -------------------------------------------------------------------------------
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image)
+
+
+def test_shapes_are_deterministic_per_seed() -> None:
+    first, again, other = make_sample(7, 3), make_sample(7, 3), make_sample(8, 3)
+    assert np.array_equal(pixels(first.image), pixels(again.image))
+    assert first.caption == again.caption
+    assert (first.color, first.shape) == (again.color, again.shape)
+    assert (first.image.tobytes(), first.caption) != (other.image.tobytes(), other.caption)
+
+
+def test_every_block_of_48_draws_every_color_and_shape_once() -> None:
+    samples = [make_sample(0, i) for i in range(48, 96)]
+    assert sorted((s.color, s.shape) for s in samples) == sorted(COMBOS)
+    assert {s.color for s in samples} == set(COLORS)
+    assert {s.shape for s in samples} == set(SHAPES)
+    assert {s.background for s in samples} == {"solid", "gradient", "noise"}
+    assert len({s.caption.text for s in samples}) > 30  # varied phrasings
+
+
+def test_shape_is_drawn_in_its_color() -> None:
+    for index in range(12):
+        sample = make_sample(1, index)
+        rgb = pixels(sample.image).reshape(-1, 3).astype(float)
+        close = np.linalg.norm(rgb - np.array(COLORS[sample.color]), axis=1) < 60
+        assert close.mean() > 0.03, (sample.color, sample.shape)
+
+
+def test_captions_name_their_sample_and_are_in_the_tokenizer_corpus() -> None:
+    corpus = set(caption_corpus())
+    for index in range(96):
+        sample = make_sample(2, index)
+        caption = sample.caption
+        assert caption.describes(sample)
+        assert caption.text in corpus
+        assert caption.color in (None, sample.color) and caption.shape in (None, sample.shape)
+        if caption.color:
+            assert caption.color in caption.text.split()
+        if caption.shape:
+            assert caption.shape in caption.text.split()
+    assert with_article("a orange circle") == "an orange circle"
+    assert with_article("an red star") == "a red star"
+
+
+def test_pool_preprocessing_is_the_serving_transform() -> None:
+    transform = ImageTransform(height=32, width=32, resample=3)
+    for index in range(4):
+        image = make_sample(3, index).image
+        served = transform(image)
+        pooled = normalize_pixels(resize_pixels(image, transform)[None], transform)[0].numpy()
+        np.testing.assert_array_equal(pooled, served)
+
+
+def test_dihedral_gives_the_eight_symmetries_of_the_square() -> None:
+    pixels = np.arange(3 * 3 * 2).reshape(3, 3, 2)
+    variants = [dihedral(pixels, op) for op in range(8)]
+    assert np.array_equal(variants[0], pixels)
+    assert len({v.tobytes() for v in variants}) == 8
+    assert all(sorted(v.ravel()) == sorted(pixels.ravel()) for v in variants)
+
+
+@pytest.fixture(scope="module")
+def pool() -> ShapesPool:
+    return ShapesPool(ImageTransform(height=32, width=32, resample=3), seed=0, size=96, workers=1)
+
+
+def test_pool_holds_the_resized_stream_and_is_the_same_drawn_by_several_processes(pool: ShapesPool) -> None:
+    sample = make_sample(0, 5)
+    np.testing.assert_array_equal(pool.pixels[5], resize_pixels(sample.image, pool.transform))
+    assert pool.facts[5] == ShapeFacts(sample.color, sample.shape, sample.background_tone)
+    parallel = ShapesPool(pool.transform, seed=0, size=96, workers=2)
+    assert np.array_equal(parallel.pixels, pool.pixels) and parallel.facts == pool.facts
+
+
+def test_pool_batches_are_flipped_pool_images_with_fresh_captions(pool: ShapesPool) -> None:
+    batch = pool.batch(step=1, size=64)  # positions 64-127: the end of epoch 0 and the start of epoch 1
+    assert batch.pixel_values.shape == (64, 3, 32, 32)
+    indices = [pool.index(64 + j) for j in range(64)]
+    assert len(set(indices)) < 64  # the two epochs overlap: some images twice in one batch
+    for row, index in zip(batch.pixel_values, indices, strict=True):
+        variants = [normalize_pixels(dihedral(pool.pixels[index], op)[None], pool.transform)[0] for op in range(8)]
+        assert any(torch.equal(row, variant) for variant in variants)
+    facts = [pool.facts[i] for i in indices]
+    for text, fact in zip(batch.captions, facts, strict=True):
+        words = text.split()
+        assert fact.color in words or fact.shape in words
+    repeated = pool.batch(step=1, size=64)
+    assert repeated.captions == batch.captions and torch.equal(repeated.pixel_values, batch.pixel_values)
+
+
+def test_every_true_description_in_a_batch_is_a_positive(pool: ShapesPool) -> None:
+    batch = pool.batch(step=0, size=64)
+    facts = [pool.facts[pool.index(j)] for j in range(64)]
+    assert batch.positives.diagonal().all()
+    assert batch.positives.sum() > 64  # "a circle" describes every circle; two red stars describe each other
+    for i, fact in enumerate(facts):
+        for j, text in enumerate(batch.captions):
+            words = set(text.split())
+            names_other = bool(words & (set(COLORS) - {fact.color})) or bool(words & (set(SHAPES) - {fact.shape}))
+            if names_other:
+                assert not batch.positives[i, j], (text, fact)
+            elif "background" not in words:  # names only this image's color and/or shape
+                assert batch.positives[i, j], (text, fact)
+
+
+# --- caption files --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def captioned_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight small images of two colors in images/, with captions in JSONL and CSV."""
+    root = tmp_path_factory.mktemp("user-data")
+    (root / "images").mkdir()
+    rows = []
+    for index in range(8):
+        color = ("red", "blue")[index % 2]
+        rgb = (220, 30, 30) if color == "red" else (30, 60, 220)
+        image = Image.new("RGB", (40, 40), (200, 200, 200) if index < 4 else (60, 60, 60))
+        image.paste(rgb, (5 + index, 5, 30 + index, 30))
+        image.save(root / "images" / f"{index}.png")
+        rows.append({"image": f"images/{index}.png", "caption": f"a {color} car"})
+    (root / "captions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (root / "captions.csv").write_text("image,caption\n" + "".join(f"{r['image']},{r['caption']}\n" for r in rows))
+    return root
+
+
+@pytest.mark.parametrize("name", ["captions.jsonl", "captions.csv"])
+def test_caption_files_resolve_paths_relative_to_the_file(captioned_folder: Path, name: str) -> None:
+    items = read_captions(captioned_folder / name)
+    assert len(items) == 8
+    assert items[3].path == captioned_folder / "images" / "3.png"
+    assert items[3].caption == "a blue car"
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("bad.jsonl", '{"image": "missing.png", "caption": "x"}\n', "does not exist"),
+    ("bad.jsonl", "not json\n", "bad.jsonl:1: invalid JSON"),
+    ("bad.jsonl", '{"image": "images/0.png"}\n', "caption"),
+    ("bad.csv", "path,text\nimages/0.png,x\n", "'image' and 'caption'"),
+    ("bad.txt", "", ".jsonl or .csv"),
+    ("empty.jsonl", "\n", "no rows"),
+])
+def test_bad_caption_files_name_the_problem(captioned_folder: Path, name: str, content: str, message: str) -> None:
+    (captioned_folder / name).write_text(content)
+    with pytest.raises(TrainingDataError, match=message):
+        read_captions(captioned_folder / name)
+
+
+def test_captions_source_reshuffles_each_epoch_and_pairs_identical_captions(captioned_folder: Path) -> None:
+    items = read_captions(captioned_folder / "captions.jsonl")
+    transform = ImageTransform(height=32, width=32, resample=3)
+    source = CaptionsSource(items, transform, cleaning=TextCleaning.SIGLIP, seed=0)
+    epochs = [[source.index(e * 8 + i) for i in range(8)] for e in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(8))
+    assert epochs[0] != epochs[1]
+    batch = source.batch(0, 8)
+    same = torch.tensor([[a == b for b in batch.captions] for a in batch.captions])
+    assert torch.equal(batch.positives, same)
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def test_training_from_scratch_reduces_the_loss_and_saves_a_loadable_checkpoint(tmp_path: Path) -> None:
+    result = train(tiny_options(tmp_path / "out", steps=30))
+    assert not result.interrupted and result.steps_done == 30
+    assert mean(result.losses[-5:]) < 0.8 * mean(result.losses[:5])
+    model = siglip_serve.load(str(tmp_path / "out"), device="cpu")
+    assert model.info.text_length == 64 and model.info.image_size == 32
+    scores = model.classify([make_sample(99, 0).image], ["red circle", "blue square"])
+    assert len(scores[0]) == 2
+    record = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert record["steps_done"] == 30 and record["options"]["seed"] == 0
+
+
+def test_scratch_tokenizer_is_laid_out_like_google_siglip(tmp_path: Path) -> None:
+    train(tiny_options(tmp_path, steps=1))
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
+    assert [processor.id_to_piece(i) for i in range(3)] == ["<pad>", "</s>", "<unk>"]
+    assert processor.bos_id() == -1
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        assert json.loads((tmp_path / name).read_text())["pad_token"] == "</s>"
+    tokenizer = siglip_serve.load(str(tmp_path), device="cpu").checkpoint.tokenizer
+    assert (tokenizer.pad_id, tokenizer.eos_id) == (1, 1)
+    ids = tokenizer.token_ids("This is a photo of an orange hexagon.")
+    assert len(ids) == 64 and ids[-1] == 1 and 2 not in ids
+    assert processor.unk_id() not in processor.encode("zebra 42")  # unseen words are spelled out
+    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert config["resample"] == 3 and config["image_mean"] == [0.5] * 3 and config["size"]["height"] == 32
+
+
+def test_training_is_reproducible_for_a_seed(tmp_path: Path) -> None:
+    first = train(tiny_options(tmp_path / "a", steps=4))
+    second = train(tiny_options(tmp_path / "b", steps=4))
+    other = train(tiny_options(tmp_path / "c", steps=4, seed=1))
+    assert first.losses == second.losses
+    assert first.losses != other.losses
+
+
+def test_half_precision_save_keeps_the_temperature_in_float32(tmp_path: Path) -> None:
+    train(tiny_options(tmp_path / "fp32", steps=3))
+    train(tiny_options(tmp_path / "fp16", steps=3, save_dtype=torch.float16))
+    with safe_open(str(tmp_path / "fp16" / "model.safetensors"), "pt") as weights:
+        assert weights.get_tensor("logit_bias").dtype == torch.float32
+        assert weights.get_tensor("vision_model.head.probe").dtype == torch.float16
+    assert (tmp_path / "fp16" / "model.safetensors").stat().st_size < 0.6 * (
+        tmp_path / "fp32" / "model.safetensors").stat().st_size
+    full, half = (siglip_serve.load(str(tmp_path / d), device="cpu") for d in ("fp32", "fp16"))
+    image = make_sample(5, 5).image
+    cosine = torch.nn.functional.cosine_similarity(full.embed_images([image]), half.embed_images([image]))
+    assert float(cosine) > 0.999
+    assert full.checkpoint.towers.temperature == half.checkpoint.towers.temperature
+
+
+class InterruptAt:
+    """A batch source that behaves like Ctrl-C at a given step."""
+
+    def __init__(self, source, step: int) -> None:
+        self.source, self.step = source, step
+
+    def batch(self, step: int, size: int):
+        if step == self.step:
+            raise KeyboardInterrupt
+        return self.source.batch(step, size)
+
+
+def test_interrupt_saves_the_checkpoint(tmp_path: Path) -> None:
+    source = InterruptAt(ShapesPool(ImageTransform(height=32, width=32, resample=3), size=96, workers=1), step=3)
+    result = train(tiny_options(tmp_path, steps=50), source=source)
+    assert result.interrupted and result.steps_done == 3
+    assert json.loads((tmp_path / "training.json").read_text())["interrupted"] is True
+    siglip_serve.load(str(tmp_path), device="cpu").embed_texts(["a red circle"])
+
+
+def test_fine_tuning_a_checkpoint_on_a_caption_file(tmp_path: Path, captioned_folder: Path) -> None:
+    initial = build_siglip1(tmp_path / "init")
+    out = tmp_path / "tuned"
+    result = train(tiny_options(out, steps=25, batch_size=8, lr=1e-3, init=str(initial),
+                                data=captioned_folder / "captions.jsonl"))
+    assert mean(result.losses[-5:]) < mean(result.losses[:5])
+    assert (out / "spiece.model").read_bytes() == (initial / "spiece.model").read_bytes()
+    model = siglip_serve.load(str(out), device="cpu")
+    before = siglip_serve.load(str(initial), device="cpu")
+    assert model.info.embed_dim == before.info.embed_dim == 32
+    assert not torch.equal(model.embed_texts(["a red car"]), before.embed_texts(["a red car"]))
+
+
+def test_command_line_trains_and_reports(tmp_path: Path, captioned_folder: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args([
+        "--out", str(tmp_path / "cli"), "--data", str(captioned_folder / "captions.csv"), "--steps", "3",
+        "--batch-size", "4", "--threads", "2", "--device", "cpu", "--no-progress", "--image-size", "32",
+        "--vision-width", "32",
+        "--vision-layers", "1", "--text-width", "32", "--text-layers", "1", "--head-dim", "16",
+        "--save-dtype", "float16",
+    ])
+    assert run_train(args) == 0
+    assert "3 steps" in capsys.readouterr().out
+    assert siglip_serve.load(str(tmp_path / "cli"), device="cpu").info.image_size == 32
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "x", "--init", "y", "--from-scratch"])
