@@ -38,7 +38,42 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="96 images: proves the script works.")
     parser.add_argument("--name", default="demo_accuracy", help="Results file name under bench/results/.")
     parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
+    parser.add_argument("--device", default="cpu", help="Device for the half-precision comparison.")
+    parser.add_argument("--dtypes", default=None,
+                        help="Half precisions to compare with fp32 (default: CPU bfloat16, CUDA float16,bfloat16).")
     return parser.parse_args()
+
+
+def half_precision_rows(args: argparse.Namespace, samples) -> list[dict]:
+    """Each half precision against fp32 on the same images: embedding cosine, 48-way top-1 agreement
+    and accuracy. This is the evidence `--dtype auto` rests on (issue: cosine >= 0.999, agreement >= 99%)."""
+    import siglip_serve
+    from siglip_serve.model import DEFAULT_TEMPLATE
+    from siglip_serve.training.evaluate import combo_label
+    from siglip_serve.training.shapes import COMBOS
+
+    labels = [combo_label(c, s) for c, s in COMBOS]
+    truth = [combo_label(s.color, s.shape) for s in samples]
+    reference = siglip_serve.load(str(args.model), device=args.device, dtype="float32")
+    ref_images = reference.embed_images([s.image for s in samples]).float().cpu()
+    ref_scores = reference.logits(ref_images, reference.embed_labels(labels, DEFAULT_TEMPLATE).float().cpu())
+    dtypes = args.dtypes or ("float16,bfloat16" if args.device.startswith("cuda") else "bfloat16")
+    rows = [{"dtype": "float32", "device": args.device, "cos_min": 1.0, "cos_mean": 1.0, "agreement": 1.0,
+             "accuracy": _accuracy(ref_scores, labels, truth)}]
+    for dtype in dtypes.split(","):
+        model = siglip_serve.load(str(args.model), device=args.device, dtype=dtype)
+        images = model.embed_images([s.image for s in samples]).float().cpu()
+        scores = model.logits(images, model.embed_labels(labels, DEFAULT_TEMPLATE).float().cpu())
+        cosine = (images * ref_images).sum(dim=1)  # both L2-normalized
+        rows.append({"dtype": dtype, "device": args.device, "cos_min": float(cosine.min()),
+                     "cos_mean": float(cosine.mean()),
+                     "agreement": float((scores.argmax(1) == ref_scores.argmax(1)).float().mean()),
+                     "accuracy": _accuracy(scores, labels, truth)})
+    return rows
+
+
+def _accuracy(scores, labels: list[str], truth: list[str]) -> float:
+    return sum(labels[int(i)] == t for i, t in zip(scores.argmax(1), truth, strict=True)) / len(truth)
 
 
 def per_class(model, embeds, samples) -> list[dict]:
@@ -93,6 +128,8 @@ def main() -> int:
         groups = [samples[i : i + 48] for i in range(0, len(samples) - 47, 48)]
         recall = sum(rerank_recall_at_1(model, g) for g in groups) / len(groups)
         recall_template = sum(rerank_recall_at_1(model, g, template=DEFAULT_TEMPLATE) for g in groups) / len(groups)
+    with stage("half precision vs fp32"):
+        precision = half_precision_rows(args, samples)
     eval_seconds = time.perf_counter() - started
 
     files = {p.name: p.stat().st_size for p in sorted(args.model.iterdir()) if p.is_file()}
@@ -108,6 +145,7 @@ def main() -> int:
     report.add("model", {"directory": str(args.model), "bytes": sum(files.values()), "files": files,
                          "parameters": params, "logit_scale": temperature.logit_scale,
                          "logit_bias": temperature.logit_bias})
+    report.add("half_precision", precision)
     report.add("training", record)
     report.add("eval_seconds", round(eval_seconds, 1))
 
@@ -127,6 +165,10 @@ def main() -> int:
                                                 ("bar", "issue bar", ".0%")]))
     report.section("Per class", common.markdown_table(classes, [("set", "label set", ""), ("label", "label", ""),
                                                                ("images", "images", "d"), ("top1", "top-1", ".1%")]))
+    report.section("Half precision vs fp32 (same images; 48-way labels)", common.markdown_table(
+        precision, [("dtype", "dtype", ""), ("device", "device", ""), ("cos_min", "embedding cos min", ".5f"),
+                    ("cos_mean", "cos mean", ".5f"), ("agreement", "top-1 agreement", ".1%"),
+                    ("accuracy", "48-way top-1", ".1%")]))
     size_rows = [{"file": name, "bytes": size} for name, size in files.items()]
     size_rows.append({"file": "total", "bytes": sum(files.values())})
     report.section(f"Checkpoint ({params / 1e6:.2f}M parameters; logit_scale {temperature.logit_scale:.3f} "

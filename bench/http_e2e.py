@@ -9,9 +9,8 @@
    between the pipeline and ours on the same images and labels.
 
 Cold cache = label strings unique to each request. Warm = the same labels every request, after one
-untimed request. On 2 CPU cores a cold 1,000-label request is about a minute of text tower, and a
-second concurrent one would not fit the text queue (--max-queue-size 1024 items: 429 by design), so
-that cell runs at concurrency 1 with 2 requests; the baseline's 1,000-label cells likewise.
+untimed request. On 2 CPU cores a cold 1,000-label request is about a minute of text tower, so, for
+time alone, that cell runs at concurrency 1 with 2 requests; the baseline's 1,000-label cells likewise.
 
     python bench/http_e2e.py --quick        # smoke: ~5 min on 2 busy cores
     python bench/http_e2e.py                # full: ~25-35 min on this 2-core CPU (base-224, fp32)

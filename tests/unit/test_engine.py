@@ -97,3 +97,31 @@ def test_bad_image_error_names_its_item(library: siglip_serve.Model) -> None:
     error, ok = run(engine, work)
     assert error.param == "input[1]" and "input[1]" in error.message
     assert ok[0][0][0] == "cat"
+
+
+def test_image_and_text_batches_of_every_model_on_a_device_share_one_model_thread(siglip1_dir: Path) -> None:
+    """Two threads driving torch at once would each start an intra-op team on the same cores."""
+    import threading
+
+    models = {name: siglip_serve.load(str(siglip1_dir), device="cpu") for name in ("a", "b")}
+    seen: list[str] = []
+    for model in models.values():
+        towers = model.checkpoint.towers
+        for method in ("encode_prepared", "encode_texts"):
+            original = getattr(towers, method)
+
+            def recording(*args, _original=original, **kwargs):
+                seen.append(threading.current_thread().name)
+                return _original(*args, **kwargs)
+
+            setattr(towers, method, recording)
+    engine = Engine(models, EngineConfig(max_wait_ms=1))
+    refs = [Input(param="input[0]", image=base64.b64encode(images()[0]).decode())]
+
+    async def work(engine: Engine):
+        return await asyncio.gather(*(engine.classify(engine.resolve(name), refs, ["cat", "dog"], templates=None,
+                                                      deadline=None) for name in models))
+
+    results = run(engine, work)
+    assert len(results) == 2 and len(seen) >= 4  # an image and a text batch per model
+    assert len(set(seen)) == 1 and seen[0].startswith("siglip-model-cpu"), seen

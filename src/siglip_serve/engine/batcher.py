@@ -4,7 +4,9 @@ The design follows huggingface text-embeddings-inference (a bounded queue that a
 single loop drains into batches of at most ``max_batch_size``) and LitServe's
 ``max_batch_size`` / ``batch_timeout`` pair: after the first item arrives the loop
 waits at most ``max_wait_ms`` for more. The model runs on one dedicated thread so
-the event loop never blocks on torch, and batches run one at a time.
+the event loop never blocks on torch, and batches run one at a time. Batchers of one
+device can share that thread, so that their batches take turns instead of competing
+for the same cores.
 """
 
 from __future__ import annotations
@@ -75,8 +77,12 @@ class DynamicBatcher(Generic[T, R]):
         config: BatcherConfig,
         *,
         observer: BatchObserver | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self._run_batch = run_batch
+        # A shared single-thread executor serializes several batchers on one device (the caller
+        # owns it); without one the batcher makes and owns its own.
+        self._shared_executor = executor
         self._config = config
         self._observer: Any = observer or NoopObserver()
         self._queue: deque[_Pending[T, R]] = deque()
@@ -103,7 +109,8 @@ class DynamicBatcher(Generic[T, R]):
             raise EngineUnavailableError(f"{self._config.name} was stopped and cannot be restarted")
         if self._task is not None:
             return
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._config.name)
+        self._executor = self._shared_executor or ThreadPoolExecutor(max_workers=1,
+                                                                     thread_name_prefix=self._config.name)
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"{self._config.name}-loop")
 
     async def stop(self, *, drain: bool = True) -> None:
@@ -118,7 +125,7 @@ class DynamicBatcher(Generic[T, R]):
                 task.cancel()
             await asyncio.wait([task])  # unlike `await task`, never raises the loop's CancelledError
         self._fail_all(lambda: EngineUnavailableError(f"{self._config.name} is stopped"))
-        if self._executor is not None:
+        if self._executor is not None and self._shared_executor is None:
             # A batch cut off by drain=False keeps its thread until it returns; don't wait for it.
             self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -53,7 +53,8 @@ class Usage:
 class ServedModel:
     """A library `Model` with its two batchers."""
 
-    def __init__(self, name: str, model: Model, config: EngineConfig, metrics: Metrics) -> None:
+    def __init__(self, name: str, model: Model, config: EngineConfig, metrics: Metrics,
+                 device_thread: ThreadPoolExecutor | None = None) -> None:
         self.name = name
         self.model = model
         model.batch_size = config.max_batch_size
@@ -71,9 +72,9 @@ class ServedModel:
                                  max_queue_size=config.max_queue_size, name=f"{name}/{tower}")
 
         self.images: DynamicBatcher[np.ndarray, torch.Tensor] = DynamicBatcher(
-            run_images, batcher_config("image"), observer=metrics)
+            run_images, batcher_config("image"), observer=metrics, executor=device_thread)
         self.texts: DynamicBatcher[torch.Tensor, torch.Tensor] = DynamicBatcher(
-            run_texts, batcher_config("text"), observer=metrics)
+            run_texts, batcher_config("text"), observer=metrics, executor=device_thread)
 
     @property
     def tokens_per_image(self) -> int:
@@ -89,7 +90,18 @@ class Engine:
             raise ValueError("an engine needs at least one model")
         self.config = config or EngineConfig()
         self.metrics = metrics or Metrics()
-        self.models = {name: ServedModel(name, m, self.config, self.metrics) for name, m in models.items()}
+        # One model thread per device: the image and text batches of every model on a device take
+        # turns there. Two threads driving torch at once on a CPU each start their own intra-op
+        # thread team and oversubscribe the cores; on a GPU they would only interleave kernels.
+        threads = torch.get_num_threads()
+        self._device_threads = {
+            device: ThreadPoolExecutor(1, thread_name_prefix=f"siglip-model-{device}",
+                                       initializer=torch.set_num_threads, initargs=(threads,))
+            for device in {str(m.checkpoint.towers.device) for m in models.values()}
+        }
+        self.models = {name: ServedModel(name, m, self.config, self.metrics,
+                                         self._device_threads[str(m.checkpoint.towers.device)])
+                       for name, m in models.items()}
         self.cache = LabelCache(self.config.label_cache_size)
         self._pool: ThreadPoolExecutor | None = None
         self._client: httpx.AsyncClient | None = None
@@ -117,6 +129,8 @@ class Engine:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = None
+        for thread in self._device_threads.values():
+            thread.shutdown(wait=False, cancel_futures=True)
 
     @property
     def healthy(self) -> bool:
