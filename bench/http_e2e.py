@@ -243,7 +243,7 @@ def in_process(checkpoint: Path, images: dict[str, list[bytes]], args: argparse.
 
     common.quiet()
     pipe = load_pipeline(str(checkpoint), device=args.device, explicit_image_processor=False)
-    ours = siglip_serve.load(str(checkpoint), device=args.device)
+    ours = siglip_serve.load(str(checkpoint), device=args.device, dtype=args.dtype)  # as our server
     jpegs = images["640x480"]
     rows = []
     for n_labels in (10, args.many_labels):

@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
-    dtype: str = Field("auto", description="auto (float32), float32, float16 or bfloat16.")
+    dtype: str = Field("auto", description="auto (bfloat16 on CPUs with native bf16, else float32), float32, "
+                       "float16 or bfloat16.")
     max_batch_size: int = Field(32, ge=1, description="Most items one model forward takes.")
     max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more items once it has one.")
     max_queue_size: int = Field(1024, ge=1, description="Items waiting per tower before new requests get 429.")

@@ -226,7 +226,8 @@ def load(
 ) -> Model:
     """Load a checkpoint from a local directory or a Hugging Face hub id.
 
-    ``device="auto"`` uses CUDA when present, else the CPU; ``dtype="auto"`` is float32.
+    ``device="auto"`` uses CUDA when present, else the CPU; ``dtype="auto"`` is bfloat16 on CPUs with
+    native bf16 (measured safe, 2x faster) and float32 elsewhere; ``"float32"`` gives reference numerics.
     ``jpeg_draft=True`` decodes large JPEGs at reduced scale (faster, slightly different pixels).
     """
     return Model(load_checkpoint(spec, device=device, dtype=dtype), max_pixels=max_pixels, batch_size=batch_size,

@@ -26,7 +26,7 @@ def no_tf32():
 
 def test_cuda_fp32_equals_cpu(siglip1_dir: Path) -> None:
     images = list(sample_images().values())
-    cpu = siglip_serve.load(str(siglip1_dir), device="cpu")
+    cpu = siglip_serve.load(str(siglip1_dir), device="cpu", dtype="float32")
     gpu = siglip_serve.load(str(siglip1_dir), device="cuda", dtype="float32")
     torch.testing.assert_close(gpu.embed_images(images), cpu.embed_images(images), atol=1e-4, rtol=0)
     torch.testing.assert_close(gpu.embed_texts(TEXTS), cpu.embed_texts(TEXTS), atol=1e-4, rtol=0)

@@ -30,12 +30,12 @@ from siglip_serve.model import Model
 
 @pytest.fixture(scope="session")
 def lib_tiny(siglip1_dir: Path) -> Model:
-    return siglip_serve.load(str(siglip1_dir), device="cpu")
+    return siglip_serve.load(str(siglip1_dir), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")
 def lib_tiny2(siglip2_dir: Path) -> Model:
-    return siglip_serve.load(str(siglip2_dir), device="cpu")
+    return siglip_serve.load(str(siglip2_dir), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,8 @@ class LiveServer:
         for name, directory in models.items():
             command += ["--model", f"{name}={directory}"]
         command += list(args)
+        if "--dtype" not in args:  # results are compared with the float32 library and transformers
+            command += ["--dtype", "float32"]
         self.command = command
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
         env = {k: v for k, v in env.items() if not k.startswith("SIGLIP_SERVE_")}

@@ -30,7 +30,7 @@ RED = image_bytes(Image.new("RGB", (24, 24), (255, 0, 0)), "PNG")
 def run_app(directory: Path, config: EngineConfig, test: Callable[[httpx.AsyncClient, Engine], Awaitable[Any]],
             prepare: Callable[[Engine], None] = lambda engine: None) -> Any:
     """Build a fresh model, engine and app, start the app's lifespan, run `test`, stop."""
-    engine = Engine({"tiny": siglip_serve.load(str(directory), device="cpu")}, config)
+    engine = Engine({"tiny": siglip_serve.load(str(directory), device="cpu", dtype="float32")}, config)
     prepare(engine)
     app = create_app(Settings(model=[f"tiny={directory}"]), engine)
 

@@ -36,7 +36,7 @@ def test_multilingual_token_ids_equal_siglip_tokenizer(multilingual_dir: Path) -
     expected = SiglipTokenizer.from_pretrained(multilingual_dir)(
         MULTILINGUAL, padding="max_length", max_length=64, truncation=True, return_tensors="pt"
     )["input_ids"]
-    got = siglip_serve.load(str(multilingual_dir), device="cpu").checkpoint.tokenizer(MULTILINGUAL)
+    got = siglip_serve.load(str(multilingual_dir), device="cpu", dtype="float32").checkpoint.tokenizer(MULTILINGUAL)
     assert torch.equal(got, expected)
     assert (got == 2).sum() < (got != 1).sum() // 2  # mostly real pieces, not <unk>
 
@@ -63,5 +63,5 @@ def test_identity_text_head_gives_the_pooled_hidden_state(identity_head_dir: Pat
     reference = SiglipModel.from_pretrained(identity_head_dir).eval()
     with torch.no_grad():
         pooled = reference.text_model(input_ids=ids).last_hidden_state[:, -1]  # last position, no mask
-    got = siglip_serve.load(str(identity_head_dir), device="cpu").embed_texts(texts, normalize=False)
+    got = siglip_serve.load(str(identity_head_dir), device="cpu", dtype="float32").embed_texts(texts, normalize=False)
     torch.testing.assert_close(got, pooled, atol=1e-5, rtol=0)

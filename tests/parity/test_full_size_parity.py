@@ -49,7 +49,7 @@ def test_full_size_logits_match_transformers(base_224_dir: Path) -> None:
         expected = reference(input_ids=input_ids, pixel_values=pixels)
     del reference
 
-    ours = siglip_serve.load(str(base_224_dir), device="cpu")
+    ours = siglip_serve.load(str(base_224_dir), device="cpu", dtype="float32")
     image_embeds, text_embeds = ours.embed_images(images), ours.embed_texts(TEXTS)
     logits = ours.logits(image_embeds, text_embeds)
     torch.testing.assert_close(image_embeds, expected.image_embeds, atol=1e-4, rtol=0)

@@ -42,7 +42,7 @@ def case(request: pytest.FixtureRequest):
     directory = request.getfixturevalue(f"{request.param}_dir")
     family = "siglip" if request.param == "siglip1" else "siglip2"
     reference_model = SiglipModel.from_pretrained(directory, attn_implementation="eager").eval()
-    return directory, family, reference_model, siglip_serve.load(str(directory), device="cpu")
+    return directory, family, reference_model, siglip_serve.load(str(directory), device="cpu", dtype="float32")
 
 
 def test_token_ids_equal_the_checkpoint_tokenizer(case) -> None:

@@ -44,6 +44,8 @@ def bad_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    if argv[0] == "classify" and "--dtype" not in argv:  # compared with the float32 library
+        argv = (*argv, "--dtype", "float32")
     code = main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -80,7 +82,7 @@ def test_classify_json_matches_the_library(capsys, siglip1_dir: Path, image_file
     code, out, _ = run(capsys, "classify", *image_files, "--labels", "cat, dog ,car", "--model",
                        str(siglip1_dir), "--json")
     assert code == 0
-    expected = siglip_serve.load(str(siglip1_dir), device="cpu").classify(image_files, LABELS)
+    expected = siglip_serve.load(str(siglip1_dir), device="cpu", dtype="float32").classify(image_files, LABELS)
     for result, ranked in zip(json.loads(out), expected, strict=True):
         assert [p["label"] for p in result["predictions"]] == [label for label, _ in ranked]
         assert [p["score"] for p in result["predictions"]] == pytest.approx([s for _, s in ranked], abs=1e-5)
@@ -242,7 +244,7 @@ def test_train_subcommand_trains_and_saves_a_loadable_checkpoint(tmp_path: Path,
     assert record["steps_done"] == 2
     import siglip_serve
 
-    assert siglip_serve.load(str(out), device="cpu").info.image_size == 32
+    assert siglip_serve.load(str(out), device="cpu", dtype="float32").info.image_size == 32
 
 
 def test_no_command_is_a_usage_error(capsys) -> None:
@@ -259,7 +261,8 @@ def test_console_script_classify(siglip1_dir: Path, image_files: list[str], bad_
     assert script is not None, "the siglip-serve console script is not installed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     completed = subprocess.run(
-        [script, "classify", image_files[0], bad_file, "--labels", "cat,dog,car", "--model", str(siglip1_dir),
+        [script, "classify", image_files[0], bad_file, "--labels", "cat,dog,car", "--dtype", "float32", "--model",
+         str(siglip1_dir),
          "--json"],
         capture_output=True, text=True, env=env, timeout=120, check=False,
     )

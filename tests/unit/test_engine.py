@@ -19,7 +19,7 @@ from siglip_serve.errors import InvalidImageError
 
 @pytest.fixture(scope="module")
 def library(siglip1_dir: Path) -> siglip_serve.Model:
-    return siglip_serve.load(str(siglip1_dir), device="cpu")
+    return siglip_serve.load(str(siglip1_dir), device="cpu", dtype="float32")
 
 
 def images() -> list[bytes]:
@@ -103,7 +103,7 @@ def test_image_and_text_batches_of_every_model_on_a_device_share_one_model_threa
     """Two threads driving torch at once would each start an intra-op team on the same cores."""
     import threading
 
-    models = {name: siglip_serve.load(str(siglip1_dir), device="cpu") for name in ("a", "b")}
+    models = {name: siglip_serve.load(str(siglip1_dir), device="cpu", dtype="float32") for name in ("a", "b")}
     seen: list[str] = []
     for model in models.values():
         towers = model.checkpoint.towers

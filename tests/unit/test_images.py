@@ -261,7 +261,7 @@ def test_unsupported_source_type_is_invalid() -> None:
 
 @pytest.fixture(scope="module")
 def model(siglip1_dir: Path) -> siglip_serve.Model:
-    return siglip_serve.load(str(siglip1_dir), device="cpu")
+    return siglip_serve.load(str(siglip1_dir), device="cpu", dtype="float32")
 
 
 @pytest.mark.parametrize(

@@ -27,8 +27,8 @@ def test_draft_leaves_other_formats_alone() -> None:
 
 def test_draft_is_opt_in_and_close_to_full_decode(siglip1_dir: Path) -> None:
     data = encode(photo_like(1600, 1200, seed=3), "JPEG", quality=90)
-    full = siglip_serve.load(str(siglip1_dir), device="cpu")
-    draft = siglip_serve.load(str(siglip1_dir), device="cpu", jpeg_draft=True)
+    full = siglip_serve.load(str(siglip1_dir), device="cpu", dtype="float32")
+    draft = siglip_serve.load(str(siglip1_dir), device="cpu", jpeg_draft=True, dtype="float32")
     assert full.draft_size is None and draft.draft_size == 32
     full_pixels, draft_pixels = full.prepare_image(data), draft.prepare_image(data)
     assert full_pixels.shape == draft_pixels.shape

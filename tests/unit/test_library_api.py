@@ -30,7 +30,7 @@ LONG = "a very long caption about a red car near the river " * 12
 @pytest.fixture(scope="module", params=["siglip1", "siglip2"])
 def case(request: pytest.FixtureRequest) -> tuple[Path, Model]:
     directory = request.getfixturevalue(f"{request.param}_dir")
-    return directory, siglip_serve.load(str(directory), device="cpu")
+    return directory, siglip_serve.load(str(directory), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")

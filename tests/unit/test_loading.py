@@ -78,7 +78,7 @@ def test_missing_file_is_invalid_checkpoint_naming_it(
     directory = copy_checkpoint(request.getfixturevalue(f"{family}_dir"), tmp_path)
     (directory / filename).unlink()
     with pytest.raises(InvalidCheckpointError) as info:
-        siglip_serve.load(str(directory), device="cpu")
+        siglip_serve.load(str(directory), device="cpu", dtype="float32")
     assert filename in str(info.value)
 
 
@@ -87,7 +87,7 @@ def test_missing_tokenizer_files_of_both_kinds_is_invalid(siglip1_dir: Path, tmp
     for name in ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"):
         (directory / name).unlink()
     with pytest.raises(InvalidCheckpointError) as info:
-        siglip_serve.load(str(directory), device="cpu")
+        siglip_serve.load(str(directory), device="cpu", dtype="float32")
     assert "spiece.model" in str(info.value) or "tokenizer" in str(info.value)
 
 
@@ -100,7 +100,7 @@ def test_corrupt_weights_are_invalid_checkpoint(siglip1_dir: Path, tmp_path: Pat
     weights.write_bytes({"garbage": b"not a safetensors file", "truncated": data[: len(data) // 2],
                          "empty": b""}[damage])
     with pytest.raises(InvalidCheckpointError) as info:
-        siglip_serve.load(str(directory), device="cpu")
+        siglip_serve.load(str(directory), device="cpu", dtype="float32")
     assert "model.safetensors" in str(info.value) or str(directory) in str(info.value)
 
 
@@ -113,7 +113,7 @@ def test_weights_missing_a_tensor_are_invalid_not_randomly_initialized(siglip1_d
     del tensors[missing]
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(InvalidCheckpointError) as info:
-        siglip_serve.load(str(directory), device="cpu")
+        siglip_serve.load(str(directory), device="cpu", dtype="float32")
     assert missing in str(info.value)
 
 
@@ -126,14 +126,14 @@ def test_weights_of_the_wrong_shape_are_invalid(siglip1_dir: Path, tmp_path: Pat
     tensors[name] = torch.zeros(tensors[name].shape[0] + 1, tensors[name].shape[1])
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(InvalidCheckpointError):
-        siglip_serve.load(str(directory), device="cpu")
+        siglip_serve.load(str(directory), device="cpu", dtype="float32")
 
 
 def test_unreadable_config_is_invalid_checkpoint(siglip1_dir: Path, tmp_path: Path) -> None:
     directory = copy_checkpoint(siglip1_dir, tmp_path)
     (directory / "config.json").write_text("{ not json")
     with pytest.raises(InvalidCheckpointError) as info:
-        siglip_serve.load(str(directory), device="cpu")
+        siglip_serve.load(str(directory), device="cpu", dtype="float32")
     assert "config.json" in str(info.value)
 
 
@@ -147,7 +147,7 @@ def test_other_model_types_are_unsupported(siglip1_dir: Path, tmp_path: Path, mo
         config["model_type"] = model_type
     (directory / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedModelError) as info:
-        siglip_serve.load(str(directory), device="cpu")
+        siglip_serve.load(str(directory), device="cpu", dtype="float32")
     assert repr(model_type) in str(info.value)
 
 
@@ -161,21 +161,21 @@ def test_other_model_types_are_unsupported(siglip1_dir: Path, tmp_path: Path, mo
 )
 def test_nonexistent_path_is_checkpoint_not_found(spec: str, empty_offline_hub: Path) -> None:
     with pytest.raises(CheckpointNotFoundError) as info:
-        siglip_serve.load(spec, device="cpu")
+        siglip_serve.load(spec, device="cpu", dtype="float32")
     assert spec in str(info.value)
 
 
 def test_missing_local_dir_prefix_is_checkpoint_not_found(tmp_path: Path) -> None:
     missing = tmp_path / "missing"
     with pytest.raises(CheckpointNotFoundError) as info:
-        siglip_serve.load(f"local-dir:{missing}", device="cpu")
+        siglip_serve.load(f"local-dir:{missing}", device="cpu", dtype="float32")
     assert str(missing) in str(info.value)
 
 
 @pytest.mark.parametrize("spec", ["google/siglip-base-patch16-224", "hf-hub:google/siglip-base-patch16-224"])
 def test_hub_id_not_in_an_offline_cache_says_what_to_do(spec: str, empty_offline_hub: Path) -> None:
     with pytest.raises(CheckpointNotFoundError) as info:
-        siglip_serve.load(spec, device="cpu")
+        siglip_serve.load(spec, device="cpu", dtype="float32")
     message = str(info.value)
     assert "google/siglip-base-patch16-224" in message
     assert "offline" in message.lower() or "HF_HUB_OFFLINE" in message
@@ -189,19 +189,19 @@ def test_hub_id_loads_from_the_offline_cache(
     siglip1_dir: Path, empty_offline_hub: Path, images: list[bytes]
 ) -> None:
     put_in_hub_cache(empty_offline_hub, "acme/tiny-siglip", siglip1_dir)
-    from_hub = siglip_serve.load("acme/tiny-siglip", device="cpu")
-    from_dir = siglip_serve.load(str(siglip1_dir), device="cpu")
+    from_hub = siglip_serve.load("acme/tiny-siglip", device="cpu", dtype="float32")
+    from_dir = siglip_serve.load(str(siglip1_dir), device="cpu", dtype="float32")
     assert from_hub.info.name == "acme/tiny-siglip"
     texts = ["a photo of a cat", "a dog"]
     torch.testing.assert_close(from_hub.embed_images(images), from_dir.embed_images(images), atol=0, rtol=0)
     torch.testing.assert_close(from_hub.embed_texts(texts), from_dir.embed_texts(texts), atol=0, rtol=0)
-    with_prefix = siglip_serve.load("hf-hub:acme/tiny-siglip", device="cpu")
+    with_prefix = siglip_serve.load("hf-hub:acme/tiny-siglip", device="cpu", dtype="float32")
     torch.testing.assert_close(with_prefix.embed_images(images), from_dir.embed_images(images), atol=0, rtol=0)
 
 
 def test_local_dir_prefix_loads_the_directory(siglip2_dir: Path, images: list[bytes]) -> None:
-    prefixed = siglip_serve.load(f"local-dir:{siglip2_dir}", device="cpu")
-    plain = siglip_serve.load(str(siglip2_dir), device="cpu")
+    prefixed = siglip_serve.load(f"local-dir:{siglip2_dir}", device="cpu", dtype="float32")
+    plain = siglip_serve.load(str(siglip2_dir), device="cpu", dtype="float32")
     assert prefixed.info.family == "siglip2"
     torch.testing.assert_close(prefixed.embed_images(images), plain.embed_images(images), atol=0, rtol=0)
 
@@ -211,14 +211,15 @@ def test_pathlib_style_home_and_relative_directories_load(
 ) -> None:
     directory = copy_checkpoint(siglip1_dir, tmp_path)
     monkeypatch.chdir(tmp_path)
-    assert siglip_serve.load("copy", device="cpu").info.embed_dim == 32
+    assert siglip_serve.load("copy", device="cpu", dtype="float32").info.embed_dim == 32
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert siglip_serve.load("~/copy", device="cpu").checkpoint.directory.resolve() == directory.resolve()
+    loaded = siglip_serve.load("~/copy", device="cpu", dtype="float32")
+    assert loaded.checkpoint.directory.resolve() == directory.resolve()
 
 
 def test_model_info_reflects_the_files(siglip1_dir: Path, siglip2_dir: Path) -> None:
-    one = siglip_serve.load(str(siglip1_dir), device="cpu")
-    two = siglip_serve.load(str(siglip2_dir), device="cpu")
+    one = siglip_serve.load(str(siglip1_dir), device="cpu", dtype="float32")
+    two = siglip_serve.load(str(siglip2_dir), device="cpu", dtype="float32")
     assert (one.info.family, two.info.family) == ("siglip", "siglip2")
     for model in (one, two):
         assert (model.info.image_size, model.info.patch_size, model.info.embed_dim, model.info.text_length) == (
@@ -231,7 +232,7 @@ def test_temperature_is_read_from_the_checkpoint(siglip1_dir: Path) -> None:
     from safetensors.torch import load_file
 
     tensors = load_file(siglip1_dir / "model.safetensors")
-    temperature = siglip_serve.load(str(siglip1_dir), device="cpu").checkpoint.towers.temperature
+    temperature = siglip_serve.load(str(siglip1_dir), device="cpu", dtype="float32").checkpoint.towers.temperature
     assert temperature.logit_scale == pytest.approx(float(tensors["logit_scale"].reshape(())))
     assert temperature.logit_bias == pytest.approx(float(tensors["logit_bias"].reshape(())))
 
@@ -242,7 +243,7 @@ def test_temperature_is_read_from_the_checkpoint(siglip1_dir: Path) -> None:
 def test_files_disagreeing_with_the_known_table_are_invalid(siglip1_dir: Path, empty_offline_hub: Path) -> None:
     put_in_hub_cache(empty_offline_hub, "google/siglip-base-patch16-224", siglip1_dir)
     with pytest.raises(InvalidCheckpointError) as info:
-        siglip_serve.load("google/siglip-base-patch16-224", device="cpu")
+        siglip_serve.load("google/siglip-base-patch16-224", device="cpu", dtype="float32")
     message = str(info.value)
     assert "google/siglip-base-patch16-224" in message
     assert "embed_dim" in message and "32" in message and "768" in message
@@ -250,4 +251,4 @@ def test_files_disagreeing_with_the_known_table_are_invalid(siglip1_dir: Path, e
 
 def test_unknown_hub_ids_are_not_cross_checked(siglip2_dir: Path, empty_offline_hub: Path) -> None:
     put_in_hub_cache(empty_offline_hub, "acme/tiny-siglip2", siglip2_dir)
-    assert siglip_serve.load("acme/tiny-siglip2", device="cpu").info.family == "siglip2"
+    assert siglip_serve.load("acme/tiny-siglip2", device="cpu", dtype="float32").info.family == "siglip2"

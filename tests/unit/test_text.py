@@ -60,12 +60,12 @@ def test_no_cleaning_leaves_text_untouched() -> None:
 
 @pytest.fixture(scope="module")
 def siglip1_tokenizer(siglip1_dir: Path) -> FixedLengthTokenizer:
-    return siglip_serve.load(str(siglip1_dir), device="cpu").checkpoint.tokenizer
+    return siglip_serve.load(str(siglip1_dir), device="cpu", dtype="float32").checkpoint.tokenizer
 
 
 @pytest.fixture(scope="module")
 def siglip2_tokenizer(siglip2_dir: Path) -> FixedLengthTokenizer:
-    return siglip_serve.load(str(siglip2_dir), device="cpu").checkpoint.tokenizer
+    return siglip_serve.load(str(siglip2_dir), device="cpu", dtype="float32").checkpoint.tokenizer
 
 
 @pytest.fixture(scope="module", params=["siglip1", "siglip2"])
@@ -164,7 +164,7 @@ def test_empty_text_raises_naming_the_item(family_case, bad: str, index: int) ->
 def test_text_length_is_read_from_the_checkpoint(tmp_path: Path) -> None:
     """google/siglip-so400m-patch14-224 uses 16 text tokens: the length is the config's, not 64."""
     directory = tiny_checkpoints.build_siglip1(tmp_path / "x", text_length=16)
-    model = siglip_serve.load(str(directory), device="cpu")
+    model = siglip_serve.load(str(directory), device="cpu", dtype="float32")
     tokenizer = model.checkpoint.tokenizer
     assert tokenizer.length == 16
     ids = tokenizer(["cat", LONG_TEXT])

@@ -264,7 +264,7 @@ def test_training_from_scratch_reduces_the_loss_and_saves_a_loadable_checkpoint(
     result = train(tiny_options(tmp_path / "out", steps=30))
     assert not result.interrupted and result.steps_done == 30
     assert mean(result.losses[-5:]) < 0.8 * mean(result.losses[:5])
-    model = siglip_serve.load(str(tmp_path / "out"), device="cpu")
+    model = siglip_serve.load(str(tmp_path / "out"), device="cpu", dtype="float32")
     assert model.info.text_length == 64 and model.info.image_size == 32
     scores = model.classify([make_sample(99, 0).image], ["red circle", "blue square"])
     assert len(scores[0]) == 2
@@ -279,7 +279,7 @@ def test_scratch_tokenizer_is_laid_out_like_google_siglip(tmp_path: Path) -> Non
     assert processor.bos_id() == -1
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         assert json.loads((tmp_path / name).read_text())["pad_token"] == "</s>"
-    tokenizer = siglip_serve.load(str(tmp_path), device="cpu").checkpoint.tokenizer
+    tokenizer = siglip_serve.load(str(tmp_path), device="cpu", dtype="float32").checkpoint.tokenizer
     assert (tokenizer.pad_id, tokenizer.eos_id) == (1, 1)
     ids = tokenizer.token_ids("This is a photo of an orange hexagon.")
     assert len(ids) == 64 and ids[-1] == 1 and 2 not in ids
@@ -304,7 +304,7 @@ def test_half_precision_save_keeps_the_temperature_in_float32(tmp_path: Path) ->
         assert weights.get_tensor("vision_model.head.probe").dtype == torch.float16
     assert (tmp_path / "fp16" / "model.safetensors").stat().st_size < 0.6 * (
         tmp_path / "fp32" / "model.safetensors").stat().st_size
-    full, half = (siglip_serve.load(str(tmp_path / d), device="cpu") for d in ("fp32", "fp16"))
+    full, half = (siglip_serve.load(str(tmp_path / d), device="cpu", dtype="float32") for d in ("fp32", "fp16"))
     image = make_sample(5, 5).image
     cosine = torch.nn.functional.cosine_similarity(full.embed_images([image]), half.embed_images([image]))
     assert float(cosine) > 0.999
@@ -328,7 +328,7 @@ def test_interrupt_saves_the_checkpoint(tmp_path: Path) -> None:
     result = train(tiny_options(tmp_path, steps=50), source=source)
     assert result.interrupted and result.steps_done == 3
     assert json.loads((tmp_path / "training.json").read_text())["interrupted"] is True
-    siglip_serve.load(str(tmp_path), device="cpu").embed_texts(["a red circle"])
+    siglip_serve.load(str(tmp_path), device="cpu", dtype="float32").embed_texts(["a red circle"])
 
 
 def test_fine_tuning_a_checkpoint_on_a_caption_file(tmp_path: Path, captioned_folder: Path) -> None:
@@ -338,8 +338,8 @@ def test_fine_tuning_a_checkpoint_on_a_caption_file(tmp_path: Path, captioned_fo
                                 data=captioned_folder / "captions.jsonl"))
     assert mean(result.losses[-5:]) < mean(result.losses[:5])
     assert (out / "spiece.model").read_bytes() == (initial / "spiece.model").read_bytes()
-    model = siglip_serve.load(str(out), device="cpu")
-    before = siglip_serve.load(str(initial), device="cpu")
+    model = siglip_serve.load(str(out), device="cpu", dtype="float32")
+    before = siglip_serve.load(str(initial), device="cpu", dtype="float32")
     assert model.info.embed_dim == before.info.embed_dim == 32
     assert not torch.equal(model.embed_texts(["a red car"]), before.embed_texts(["a red car"]))
 
@@ -357,6 +357,6 @@ def test_command_line_trains_and_reports(tmp_path: Path, captioned_folder: Path,
     ])
     assert run_train(args) == 0
     assert "3 steps" in capsys.readouterr().out
-    assert siglip_serve.load(str(tmp_path / "cli"), device="cpu").info.image_size == 32
+    assert siglip_serve.load(str(tmp_path / "cli"), device="cpu", dtype="float32").info.image_size == 32
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", "x", "--init", "y", "--from-scratch"])

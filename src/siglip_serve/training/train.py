@@ -44,10 +44,10 @@ class Architecture:
     """Size of a model trained from scratch. The defaults are the shipped siglip-demo-shapes."""
 
     image_size: int = 64
-    patch_size: int = 8
-    vision_width: int = 192
-    vision_layers: int = 6
-    text_width: int = 128
+    patch_size: int = 16
+    vision_width: int = 128
+    vision_layers: int = 4
+    text_width: int = 64
     text_layers: int = 2
     head_dim: int = 64
     text_length: int = 64  # SigLIP's real text length
@@ -72,11 +72,11 @@ class Architecture:
 @dataclass(frozen=True)
 class TrainOptions:
     out: Path
-    steps: int = 3000
+    steps: int = 7000
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    warmup_steps: int = 200
+    warmup_steps: int = 300
     grad_clip: float = 1.0
     seed: int = 0
     data: Path | None = None  # JSONL/CSV of image + caption; None: the built-in shapes dataset
