@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from siglip_serve.engine.batcher import BatcherConfig, DynamicBatcher, NoopObserver
+from siglip_serve.engine.batcher import BatcherConfig, DynamicBatcher, ModelWorker, NoopObserver
 from siglip_serve.errors import (
     DeadlineExceededError,
     EngineUnavailableError,
@@ -81,6 +81,54 @@ def test_concurrent_requests_are_batched_in_order() -> None:
         assert sorted(model.seen) == list(range(64))
         assert_clean(batcher)
         await batcher.stop()
+
+    run(main())
+
+
+def test_items_that_arrive_while_the_model_is_busy_form_the_next_batch() -> None:
+    """Natural batching: an idle batcher starts at once; what queues meanwhile runs together."""
+    model = FakeModel()
+
+    async def main() -> None:
+        batcher = make(model, max_batch_size=16)  # default max_wait_ms: no timer
+        await batcher.start()
+        model.gate.clear()
+        first = asyncio.ensure_future(batcher.submit([1]))
+        await model.wait_entered()  # ran alone, without waiting for company
+        rest = [asyncio.ensure_future(batcher.submit([x])) for x in (2, 3, 4)]
+        await wait_depth(batcher, 3)
+        model.gate.set()
+        assert await first == [2]
+        assert [await r for r in rest] == [[4], [6], [8]]
+        assert model.batches == [[1], [2, 3, 4]]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_batchers_sharing_a_worker_form_their_batch_when_their_turn_comes() -> None:
+    """A batcher whose device is busy with another batcher's batch keeps collecting items."""
+    images, texts = FakeModel(), FakeModel()
+
+    async def main() -> None:
+        worker = ModelWorker("test-device")
+        image_batcher = DynamicBatcher(images, BatcherConfig(name="m/image"), worker=worker)
+        text_batcher = DynamicBatcher(texts, BatcherConfig(name="m/text"), worker=worker)
+        await image_batcher.start()
+        await text_batcher.start()
+        images.gate.clear()
+        image_call = asyncio.ensure_future(image_batcher.submit([1]))
+        await images.wait_entered()
+        early = asyncio.ensure_future(text_batcher.submit([10]))
+        await asyncio.sleep(0.05)  # time enough for a batch of [10] to be formed, were it formed early
+        late = asyncio.ensure_future(text_batcher.submit([11]))
+        await wait_depth(text_batcher, 2)
+        images.gate.set()
+        assert (await image_call, await early, await late) == ([2], [20], [22])
+        assert texts.batches == [[10, 11]]
+        await image_batcher.stop()
+        await text_batcher.stop()
+        worker.shutdown()
 
     run(main())
 

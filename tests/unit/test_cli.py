@@ -271,3 +271,17 @@ def test_console_script_classify(siglip1_dir: Path, image_files: list[str], bad_
     assert good["image"] == image_files[0]
     check_predictions(good["predictions"], LABELS)
     assert bad["image"] == bad_file and bad["error"]
+
+
+def test_listing_models_and_asking_for_help_do_not_import_torch() -> None:
+    """torch takes seconds to import; only commands that run a model should pay for it."""
+    code = ("import sys, contextlib, io\n"
+            "from siglip_serve.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert main(['models', '--json']) == 0\n"
+            "    with contextlib.suppress(SystemExit):\n"
+            "        main(['train', '--help'])\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

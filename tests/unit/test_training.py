@@ -33,8 +33,9 @@ from siglip_serve.training.data import (
     resize_pixels,
 )
 from siglip_serve.training.loss import INIT_LOGIT_BIAS, INIT_LOGIT_SCALE, sigmoid_loss
+from siglip_serve.training.options import Architecture, TrainOptions
 from siglip_serve.training.shapes import COLORS, COMBOS, SHAPES, caption_corpus, make_sample, with_article
-from siglip_serve.training.train import Architecture, TrainOptions, train, warmup_cosine
+from siglip_serve.training.train import train, warmup_cosine
 
 TINY = Architecture(image_size=32, patch_size=8, vision_width=32, vision_layers=1, text_width=32, text_layers=1,
                     head_dim=16, vocab_size=128)
@@ -298,7 +299,7 @@ def test_training_is_reproducible_for_a_seed(tmp_path: Path) -> None:
 
 def test_half_precision_save_keeps_the_temperature_in_float32(tmp_path: Path) -> None:
     train(tiny_options(tmp_path / "fp32", steps=3))
-    train(tiny_options(tmp_path / "fp16", steps=3, save_dtype=torch.float16))
+    train(tiny_options(tmp_path / "fp16", steps=3, save_dtype="float16"))
     with safe_open(str(tmp_path / "fp16" / "model.safetensors"), "pt") as weights:
         assert weights.get_tensor("logit_bias").dtype == torch.float32
         assert weights.get_tensor("vision_model.head.probe").dtype == torch.float16

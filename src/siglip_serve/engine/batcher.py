@@ -2,11 +2,15 @@
 
 The design follows huggingface text-embeddings-inference (a bounded queue that a
 single loop drains into batches of at most ``max_batch_size``) and LitServe's
-``max_batch_size`` / ``batch_timeout`` pair: after the first item arrives the loop
-waits at most ``max_wait_ms`` for more. The model runs on one dedicated thread so
-the event loop never blocks on torch, and batches run one at a time. Batchers of one
-device can share that thread, so that their batches take turns instead of competing
-for the same cores.
+``max_batch_size`` / ``batch_timeout`` pair. The model runs on one dedicated thread
+(a `ModelWorker`) so the event loop never blocks on torch, and batches run one at a
+time. Batchers of one device share that worker, so that their batches take turns
+instead of competing for the same cores.
+
+A batch is formed when the worker is free, from everything queued by then: items that
+arrive while the device is busy join the next batch ("natural" batching, as in TEI),
+and an idle device starts at once. ``max_wait_ms`` adds a wait for a fuller batch
+when the device is idle; it trades idle latency for batch size and is 0 by default.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class BatcherConfig:
     """Limits of one batcher; ``name`` (e.g. ``siglip-demo/image``) labels messages and metrics."""
 
     max_batch_size: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0
     max_queue_size: int = 1024
     name: str = "batcher"
 
@@ -64,6 +68,25 @@ class _Pending(Generic[T, R]):
     enqueued_at: float
 
 
+class ModelWorker:
+    """The single thread that runs model calls for one device, and the turn to use it.
+
+    Batchers sharing a worker take turns in arrival order (asyncio.Lock is FIFO); a batcher
+    forms its batch only once it holds the turn, so the batch holds everything queued while
+    the others ran.
+    """
+
+    def __init__(self, name: str, *, initializer: Callable[..., object] | None = None,
+                 initargs: tuple[Any, ...] = ()) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=initializer,
+                                           initargs=initargs)
+        self.turn = asyncio.Lock()
+
+    def shutdown(self) -> None:
+        # A batch cut off by stop(drain=False) keeps the thread until it returns; don't wait for it.
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
 class DynamicBatcher(Generic[T, R]):
     """Runs ``run_batch`` on batches formed from the items of concurrent ``submit`` calls.
 
@@ -77,18 +100,18 @@ class DynamicBatcher(Generic[T, R]):
         config: BatcherConfig,
         *,
         observer: BatchObserver | None = None,
-        executor: ThreadPoolExecutor | None = None,
+        worker: ModelWorker | None = None,
     ) -> None:
         self._run_batch = run_batch
-        # A shared single-thread executor serializes several batchers on one device (the caller
-        # owns it); without one the batcher makes and owns its own.
-        self._shared_executor = executor
+        # A shared worker serializes several batchers on one device (the caller owns it);
+        # without one the batcher makes and owns its own.
+        self._shared_worker = worker
         self._config = config
         self._observer: Any = observer or NoopObserver()
         self._queue: deque[_Pending[T, R]] = deque()
         self._in_flight: list[_Pending[T, R]] = []
         self._wakeup = asyncio.Event()
-        self._executor: ThreadPoolExecutor | None = None
+        self._worker: ModelWorker | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._dead = False
@@ -109,8 +132,7 @@ class DynamicBatcher(Generic[T, R]):
             raise EngineUnavailableError(f"{self._config.name} was stopped and cannot be restarted")
         if self._task is not None:
             return
-        self._executor = self._shared_executor or ThreadPoolExecutor(max_workers=1,
-                                                                     thread_name_prefix=self._config.name)
+        self._worker = self._shared_worker or ModelWorker(self._config.name)
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"{self._config.name}-loop")
 
     async def stop(self, *, drain: bool = True) -> None:
@@ -125,9 +147,8 @@ class DynamicBatcher(Generic[T, R]):
                 task.cancel()
             await asyncio.wait([task])  # unlike `await task`, never raises the loop's CancelledError
         self._fail_all(lambda: EngineUnavailableError(f"{self._config.name} is stopped"))
-        if self._executor is not None and self._shared_executor is None:
-            # A batch cut off by drain=False keeps its thread until it returns; don't wait for it.
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._worker is not None and self._shared_worker is None:
+            self._worker.shutdown()
 
     async def submit(self, items: Sequence[T], *, deadline: float | None = None) -> list[R]:
         """Run ``items`` (one request) and return their results in order.
@@ -182,10 +203,13 @@ class DynamicBatcher(Generic[T, R]):
             self._notify("on_queue_depth", self._config.name, len(self._queue))
 
     async def _run(self) -> None:
+        assert self._worker is not None
         try:
-            while (batch := await self._take_batch()) is not None:
-                if batch:
-                    await self._run_one(batch)
+            while await self._wait_for_work():
+                async with self._worker.turn:
+                    batch = await self._take_batch()
+                    if batch:
+                        await self._run_one(batch)
         except Exception as exc:
             # A bug in the loop: fail fast everywhere rather than let requests hang.
             self._dead = True
@@ -193,14 +217,18 @@ class DynamicBatcher(Generic[T, R]):
             message = f"{self._config.name}: batch loop died: {exc!r}"
             self._fail_all(lambda: EngineUnavailableError(message), cause=exc)
 
-    async def _take_batch(self) -> list[_Pending[T, R]] | None:
-        """Wait for work, then up to max_wait_ms for a full batch; None when stopping and idle."""
-        cfg = self._config
+    async def _wait_for_work(self) -> bool:
+        """Wait until something is queued; False when stopping and idle."""
         while not self._queue:
             if self._closing:
-                return None
+                return False
             self._wakeup.clear()
             await self._wakeup.wait()
+        return True
+
+    async def _take_batch(self) -> list[_Pending[T, R]]:
+        """Up to max_batch_size live items, after waiting up to max_wait_ms for a full batch."""
+        cfg = self._config
         until = time.monotonic() + cfg.max_wait_ms / 1000
         while len(self._queue) < cfg.max_batch_size and not self._closing:
             remaining = until - time.monotonic()
@@ -234,7 +262,7 @@ class DynamicBatcher(Generic[T, R]):
         self._in_flight = batch
         items, loop = [p.item for p in batch], asyncio.get_running_loop()
         try:
-            results = list(await loop.run_in_executor(self._executor, self._run_batch, items))
+            results = list(await loop.run_in_executor(self._worker.executor, self._run_batch, items))
         except Exception as exc:
             logger.warning("%s: model failed on a batch of %d", name, size, exc_info=True)
             failed = f"model failed on a batch of {size}: {exc}"

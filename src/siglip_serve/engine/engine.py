@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import torch
 
-from siglip_serve.engine.batcher import BatcherConfig, DynamicBatcher
+from siglip_serve.engine.batcher import BatcherConfig, DynamicBatcher, ModelWorker
 from siglip_serve.engine.inputs import Input
 from siglip_serve.engine.label_cache import LabelCache
 from siglip_serve.engine.scoring import Normalization, ensemble_templates, l2_normalize, probabilities, ranked
@@ -31,7 +31,7 @@ from siglip_serve.preprocess.text import check_text
 @dataclass(frozen=True)
 class EngineConfig:
     max_batch_size: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0
     max_queue_size: int = 1024
     label_cache_size: int = 20_000
     decode_workers: int = 4
@@ -54,7 +54,7 @@ class ServedModel:
     """A library `Model` with its two batchers."""
 
     def __init__(self, name: str, model: Model, config: EngineConfig, metrics: Metrics,
-                 device_thread: ThreadPoolExecutor | None = None) -> None:
+                 worker: ModelWorker | None = None) -> None:
         self.name = name
         self.model = model
         model.batch_size = config.max_batch_size
@@ -72,9 +72,9 @@ class ServedModel:
                                  max_queue_size=config.max_queue_size, name=f"{name}/{tower}")
 
         self.images: DynamicBatcher[np.ndarray, torch.Tensor] = DynamicBatcher(
-            run_images, batcher_config("image"), observer=metrics, executor=device_thread)
+            run_images, batcher_config("image"), observer=metrics, worker=worker)
         self.texts: DynamicBatcher[torch.Tensor, torch.Tensor] = DynamicBatcher(
-            run_texts, batcher_config("text"), observer=metrics, executor=device_thread)
+            run_texts, batcher_config("text"), observer=metrics, worker=worker)
 
     @property
     def tokens_per_image(self) -> int:
@@ -94,13 +94,12 @@ class Engine:
         # turns there. Two threads driving torch at once on a CPU each start their own intra-op
         # thread team and oversubscribe the cores; on a GPU they would only interleave kernels.
         threads = torch.get_num_threads()
-        self._device_threads = {
-            device: ThreadPoolExecutor(1, thread_name_prefix=f"siglip-model-{device}",
-                                       initializer=torch.set_num_threads, initargs=(threads,))
+        self._workers = {
+            device: ModelWorker(f"siglip-model-{device}", initializer=torch.set_num_threads, initargs=(threads,))
             for device in {str(m.checkpoint.towers.device) for m in models.values()}
         }
         self.models = {name: ServedModel(name, m, self.config, self.metrics,
-                                         self._device_threads[str(m.checkpoint.towers.device)])
+                                         self._workers[str(m.checkpoint.towers.device)])
                        for name, m in models.items()}
         self.cache = LabelCache(self.config.label_cache_size)
         self._pool: ThreadPoolExecutor | None = None
@@ -129,8 +128,8 @@ class Engine:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = None
-        for thread in self._device_threads.values():
-            thread.shutdown(wait=False, cancel_futures=True)
+        for worker in self._workers.values():
+            worker.shutdown()
 
     @property
     def healthy(self) -> bool:

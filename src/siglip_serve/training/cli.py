@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from siglip_serve.training.train import Architecture, TrainOptions
+from siglip_serve.training.options import Architecture, TrainOptions
 
 SAVE_DTYPES = ("float32", "float16")
 
@@ -49,13 +49,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
-    import torch
-
     architecture = Architecture(**{name: getattr(args, name) for name in Architecture.__dataclass_fields__})
     return TrainOptions(
         out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, seed=args.seed, data=args.data, pool_size=args.pool_size, init=args.init,
-        architecture=architecture, save_dtype=getattr(torch, args.save_dtype), threads=args.threads,
+        architecture=architecture, save_dtype=args.save_dtype, threads=args.threads,
         device=args.device, bf16=args.bf16, progress=not args.no_progress,
     )
 

@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,60 +34,10 @@ from siglip_serve.training.checkpoint_files import (
 )
 from siglip_serve.training.data import Batch, BatchSource, CaptionsSource, ShapesPool, read_captions
 from siglip_serve.training.loss import INIT_LOGIT_BIAS, INIT_LOGIT_SCALE, sigmoid_loss
+from siglip_serve.training.options import TrainOptions
 from siglip_serve.training.shapes import caption_corpus
 
 BICUBIC = 3  # PIL filter id, as google/siglip-* preprocessor_config.json (shared notes §3)
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """Size of a model trained from scratch. The defaults are the shipped siglip-demo-shapes."""
-
-    image_size: int = 64
-    patch_size: int = 16
-    vision_width: int = 128
-    vision_layers: int = 4
-    text_width: int = 64
-    text_layers: int = 2
-    head_dim: int = 64
-    text_length: int = 64  # SigLIP's real text length
-    vocab_size: int = 256  # asked of SentencePiece; a small corpus may give fewer pieces
-
-    def config(self, vocab_size: int) -> dict:
-        def tower(width: int, layers: int) -> dict:
-            return {"hidden_size": width, "intermediate_size": 4 * width, "num_hidden_layers": layers,
-                    "num_attention_heads": max(1, width // self.head_dim), "layer_norm_eps": 1e-6,
-                    "hidden_act": "gelu_pytorch_tanh"}
-
-        return {
-            "vision_config": {**tower(self.vision_width, self.vision_layers),
-                              "image_size": self.image_size, "patch_size": self.patch_size},
-            # bos/eos in config.json are unused by SigLIP (CLIP leftovers); pad is "</s>" = 1.
-            "text_config": {**tower(self.text_width, self.text_layers), "vocab_size": vocab_size,
-                            "max_position_embeddings": self.text_length, "projection_size": self.vision_width,
-                            "pad_token_id": 1, "bos_token_id": None, "eos_token_id": None},
-        }
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    out: Path
-    steps: int = 7000
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 300
-    grad_clip: float = 1.0
-    seed: int = 0
-    data: Path | None = None  # JSONL/CSV of image + caption; None: the built-in shapes dataset
-    pool_size: int = 40_000  # shapes dataset: images drawn up front and reused (see ShapesPool)
-    init: str | None = None  # checkpoint to fine-tune; None: from scratch with `architecture`
-    architecture: Architecture = field(default_factory=Architecture)
-    save_dtype: torch.dtype = torch.float32
-    threads: int | None = None
-    device: str = "auto"  # auto: CUDA when present, else the CPU
-    bf16: bool = False  # bfloat16 autocast (mixed precision; weights and optimizer stay float32)
-    progress: bool = True
 
 
 @dataclass(frozen=True)
@@ -271,7 +221,7 @@ def train(options: TrainOptions, *, source: BatchSource | None = None, command: 
         batches.close()
         bar.close()
     seconds = time.perf_counter() - started
-    save_model(module.cpu(), options.out, dtype=options.save_dtype)
+    save_model(module.cpu(), options.out, dtype=getattr(torch, options.save_dtype))
     result = TrainResult(options.out, len(losses), interrupted, seconds, time.perf_counter() - began, losses)
     write_training_record(options, result, command)
     return result
@@ -286,7 +236,7 @@ def progress_bar(options: TrainOptions):
 
 def write_training_record(options: TrainOptions, result: TrainResult, command: str | None) -> None:
     """training.json next to the weights: how it was made, for reproducing it."""
-    settings = {k: (str(v) if isinstance(v, Path | torch.dtype) else v) for k, v in asdict(options).items()
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()
                 if k not in ("progress",)}
     tail = result.losses[-50:]
     write_json(options.out / "training.json", {
