@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     jpeg_draft: bool = Field(
         False, description="Decode large JPEGs at 1/2-1/8 scale in the DCT domain (faster; pixels differ slightly)."
     )
-    compile: bool = Field(False, description="torch.compile the towers (slow warm-up per batch shape).")
+    compile: bool = Field(False, description=(
+        "torch.compile the towers for batch sizes padded to powers of two (CUDA graphs on a GPU); "
+        "every size is compiled at startup, which takes minutes."))
     decode_workers: int = Field(4, ge=1, description="Threads that fetch, decode and preprocess images.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's).")
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")

@@ -9,7 +9,7 @@ Works without any server::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from siglip_serve.engine.scoring import (
 from siglip_serve.errors import EmptyInputError, InvalidParameterError, InvalidTemplateError, SiglipServeError
 from siglip_serve.models.checkpoint import Checkpoint
 from siglip_serve.models.loader import load_checkpoint
-from siglip_serve.preprocess.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from siglip_serve.preprocess.images import DEFAULT_MAX_PIXELS, ImageSource, ImageTransform, load_image
 from siglip_serve.preprocess.text import check_text
 
 DEFAULT_TEMPLATE = "This is a photo of {}."  # HF zero-shot pipeline and the SigLIP model cards
@@ -109,6 +109,14 @@ class Model:
             text_length=c.tokenizer.length,
             max_num_patches=getattr(c.image_transform, "max_num_patches", None),
         )
+
+    def compile(self, *, backend: str | Callable[..., Any] = "inductor") -> None:
+        """torch.compile the towers for batches of up to `batch_size` and compile every bucket now
+        (see `SiglipTowers.compile`); NaFlex vision inputs vary per image, so only its text tower is."""
+        towers, transform = self.checkpoint.towers, self.checkpoint.image_transform
+        towers.compile(self.batch_size, backend=backend)
+        image_shape = (3, transform.height, transform.width) if isinstance(transform, ImageTransform) else None
+        towers.warm_up(image_shape, self.checkpoint.tokenizer.length)
 
     # --- per-item preparation (CPU; the server runs these in a worker pool) ---
 

@@ -32,7 +32,8 @@ def build_engine(settings: Settings) -> Engine:
                             max_pixels=settings.max_image_pixels, batch_size=settings.max_batch_size,
                             jpeg_draft=settings.jpeg_draft)
         if settings.compile:
-            models[name].checkpoint.towers.compile()
+            logger.info("compiling %s for batches of up to %d", name, settings.max_batch_size)
+            models[name].compile()
     config = EngineConfig(
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,

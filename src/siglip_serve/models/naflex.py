@@ -38,6 +38,10 @@ class NaFlexTowers(SiglipTowers):
         super().__init__(module, device=device, dtype=dtype)
         self.max_num_patches = max_num_patches
 
+    # The vision tower reads each image's grid on the host (spatial_shapes.tolist()): graph breaks
+    # and a shape per grid mix, so only the text tower is compiled.
+    compiled_towers = ("text_model",)
+
     @property
     def tokens_per_image(self) -> int:
         """The patch budget: every image is run padded to it."""
