@@ -41,3 +41,19 @@ def test_half_precision_keeps_embeddings(siglip1_dir: Path, dtype: str) -> None:
     assert float(cosine.min()) >= 0.999
     cosine = torch.nn.functional.cosine_similarity(half.embed_texts(TEXTS), full.embed_texts(TEXTS))
     assert float(cosine.min()) >= 0.999
+
+
+def test_compiled_towers_with_cuda_graphs_equal_eager(siglip1_dir: Path) -> None:
+    """--compile on CUDA: inductor with CUDA graphs per padded batch size; each replay's output is
+    copied to the host before the next one can overwrite it."""
+    torch._dynamo.reset()
+    images = list(sample_images().values())
+    eager = siglip_serve.load(str(siglip1_dir), device="cuda", dtype="float32", batch_size=4)
+    compiled = siglip_serve.load(str(siglip1_dir), device="cuda", dtype="float32", batch_size=4)
+    compiled.compile()
+    for count in (1, 3, len(images)):
+        torch.testing.assert_close(compiled.embed_images(images[:count]), eager.embed_images(images[:count]),
+                                   atol=1e-4, rtol=0)
+    first, second = compiled.embed_texts(TEXTS[:2]), compiled.embed_texts(TEXTS[1:3])
+    torch.testing.assert_close(first[1], second[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(compiled.embed_texts(TEXTS), eager.embed_texts(TEXTS), atol=1e-4, rtol=0)
