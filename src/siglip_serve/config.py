@@ -34,8 +34,8 @@ class Settings(BaseSettings):
                        "float16 or bfloat16.")
     max_batch_size: int = Field(32, ge=1, description="Most items one model forward takes.")
     max_wait_ms: float = Field(0.0, ge=0, description=(
-        "How long a batch waits for more items when the device is idle (items that arrive while it is "
-        "busy join the next batch anyway)."))
+        "How long a batch waits for more items before it asks for the device (0: not at all; items that "
+        "arrive while the device is busy join the next batch anyway)."))
     max_queue_size: int = Field(1024, ge=1, description="Items waiting per tower before new requests get 429.")
     request_timeout_s: float = Field(60.0, gt=0, description="Deadline of a request; past it the answer is 504.")
     label_cache_size: int = Field(20_000, ge=0, description="Text embeddings kept in the LRU label cache.")

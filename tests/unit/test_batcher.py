@@ -133,6 +133,29 @@ def test_batchers_sharing_a_worker_form_their_batch_when_their_turn_comes() -> N
     run(main())
 
 
+def test_a_batcher_waiting_for_company_leaves_the_device_to_others() -> None:
+    images, texts = FakeModel(), FakeModel()
+
+    async def main() -> None:
+        worker = ModelWorker("test-device")
+        image_batcher = DynamicBatcher(images, BatcherConfig(name="m/image", max_batch_size=4, max_wait_ms=2000),
+                                       worker=worker)
+        text_batcher = DynamicBatcher(texts, BatcherConfig(name="m/text", max_batch_size=4), worker=worker)
+        await image_batcher.start()
+        await text_batcher.start()
+        lone = asyncio.ensure_future(image_batcher.submit([1]))  # waits up to 2 s for 3 more
+        await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(text_batcher.submit([5, 6]), 1.0) == [10, 12]
+        assert not lone.done()
+        await image_batcher.stop(drain=False)
+        with pytest.raises(EngineUnavailableError):
+            await lone
+        await text_batcher.stop()
+        worker.shutdown()
+
+    run(main())
+
+
 def test_one_request_spans_batches() -> None:
     model = FakeModel()
 

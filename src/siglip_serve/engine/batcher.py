@@ -10,7 +10,7 @@ instead of competing for the same cores.
 A batch is formed when the worker is free, from everything queued by then: items that
 arrive while the device is busy join the next batch ("natural" batching, as in TEI),
 and an idle device starts at once. ``max_wait_ms`` adds a wait for a fuller batch
-when the device is idle; it trades idle latency for batch size and is 0 by default.
+before a batcher asks for its turn; it trades latency for batch size and is 0 by default.
 """
 
 from __future__ import annotations
@@ -206,8 +206,10 @@ class DynamicBatcher(Generic[T, R]):
         assert self._worker is not None
         try:
             while await self._wait_for_work():
+                await self._wait_for_company()
+                # Waiting for company holds no turn: a lone item must not keep other batchers off the device.
                 async with self._worker.turn:
-                    batch = await self._take_batch()
+                    batch = self._pop_live(self._config.max_batch_size)
                     if batch:
                         await self._run_one(batch)
         except Exception as exc:
@@ -226,8 +228,8 @@ class DynamicBatcher(Generic[T, R]):
             await self._wakeup.wait()
         return True
 
-    async def _take_batch(self) -> list[_Pending[T, R]]:
-        """Up to max_batch_size live items, after waiting up to max_wait_ms for a full batch."""
+    async def _wait_for_company(self) -> None:
+        """Up to max_wait_ms for a full batch (no wait by default)."""
         cfg = self._config
         until = time.monotonic() + cfg.max_wait_ms / 1000
         while len(self._queue) < cfg.max_batch_size and not self._closing:
@@ -237,7 +239,6 @@ class DynamicBatcher(Generic[T, R]):
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
-        return self._pop_live(cfg.max_batch_size)
 
     def _pop_live(self, size: int) -> list[_Pending[T, R]]:
         """Pop up to ``size`` items, skipping abandoned ones and failing those past their deadline."""
