@@ -35,7 +35,7 @@ from siglip_serve.training.data import (
 from siglip_serve.training.loss import INIT_LOGIT_BIAS, INIT_LOGIT_SCALE, sigmoid_loss
 from siglip_serve.training.options import Architecture, TrainOptions
 from siglip_serve.training.shapes import COLORS, COMBOS, SHAPES, caption_corpus, make_sample, with_article
-from siglip_serve.training.train import train, warmup_cosine
+from siglip_serve.training.train import optimizer_for, scratch_setup, train, warmup_cosine
 
 TINY = Architecture(image_size=32, patch_size=8, vision_width=32, vision_layers=1, text_width=32, text_layers=1,
                     head_dim=16, vocab_size=128)
@@ -72,6 +72,15 @@ def test_loss_equals_algorithm_1_by_hand() -> None:
     assert float(sigmoid_loss(images, texts, scale, bias, positives)) == pytest.approx(expected, abs=1e-6)
 
 
+def test_loss_over_more_texts_than_images_sums_every_pair_per_image() -> None:
+    images = torch.tensor([[1.0, 0.0]])  # one image; cosines with the texts: 1, 0, -1
+    texts = torch.tensor([[2.0, 0.0], [0.0, 3.0], [-1.0, 0.0]])
+    scale, bias = torch.tensor([0.0]), torch.tensor([0.5])  # logits = cos + 0.5
+    positives = torch.tensor([[True, False, False]])
+    expected = -(log_sigmoid(1.5) + log_sigmoid(-0.5) + log_sigmoid(0.5)) / 1
+    assert float(sigmoid_loss(images, texts, scale, bias, positives)) == pytest.approx(expected, abs=1e-6)
+
+
 def test_loss_is_lower_when_positives_align() -> None:
     generator = torch.Generator().manual_seed(0)
     embeds = torch.randn(8, 16, generator=generator)
@@ -84,6 +93,28 @@ def test_loss_is_lower_when_positives_align() -> None:
 def test_paper_initial_temperature() -> None:
     assert math.exp(INIT_LOGIT_SCALE) == pytest.approx(10.0)
     assert INIT_LOGIT_BIAS == -10.0
+
+
+def test_temperature_learns_at_its_own_rate_without_weight_decay(tmp_path: Path) -> None:
+    options = tiny_options(tmp_path, lr=1e-3, temperature_lr_scale=10.0, weight_decay=0.1)
+    module = scratch_setup(options, caption_corpus()).module
+    optimizer = optimizer_for(module, options)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    assert len(group_of) == len(list(module.parameters()))  # every parameter in exactly one group
+    for parameter in (module.logit_scale, module.logit_bias):
+        assert group_of[id(parameter)]["lr"] == pytest.approx(1e-2)
+        assert group_of[id(parameter)]["weight_decay"] == 0.0
+    matrix = module.vision_model.embeddings.patch_embedding.weight
+    assert (group_of[id(matrix)]["lr"], group_of[id(matrix)]["weight_decay"]) == (pytest.approx(1e-3), 0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(2, 20))
+    schedule.step()  # the schedule scales both rates alike
+    assert group_of[id(module.logit_scale)]["lr"] == pytest.approx(10 * group_of[id(matrix)]["lr"])
+
+
+def test_temperature_learns_faster_by_default_from_scratch_only() -> None:
+    assert TrainOptions(out=Path("."), lr=1e-3).temperature_lr == pytest.approx(1e-2)
+    assert TrainOptions(out=Path("."), lr=1e-3, init="google/siglip-base-patch16-224").temperature_lr == 1e-3
+    assert TrainOptions(out=Path("."), lr=1e-3, init="x", temperature_lr_scale=4.0).temperature_lr == 4e-3
 
 
 def test_warmup_then_cosine_to_zero() -> None:
@@ -201,6 +232,30 @@ def test_every_true_description_in_a_batch_is_a_positive(pool: ShapesPool) -> No
                 assert not batch.positives[i, j], (text, fact)
             elif "background" not in words:  # names only this image's color and/or shape
                 assert batch.positives[i, j], (text, fact)
+
+
+def test_label_bank_adds_every_shape_color_and_combination_with_true_positives(pool: ShapesPool) -> None:
+    banked = ShapesPool(pool.transform, seed=0, size=96, workers=1, label_bank=True)
+    batch = banked.batch(step=0, size=16)
+    extra = batch.captions[16:]
+    assert batch.positives.shape == (16, 16 + len(SHAPES) + len(COLORS) + len(COMBOS))
+    assert batch.captions[:16] == pool.batch(step=0, size=16).captions  # the images' own captions unchanged
+
+    def named(text: str, names) -> list[str]:
+        return [name for name in names if name in text.split()]
+
+    assert sorted(named(t, SHAPES)[0] for t in extra if not named(t, COLORS)) == sorted(SHAPES)
+    assert sorted(named(t, COLORS)[0] for t in extra if not named(t, SHAPES)) == sorted(COLORS)
+    assert sorted((named(t, COLORS)[0], named(t, SHAPES)[0]) for t in extra
+                  if named(t, COLORS) and named(t, SHAPES)) == sorted(COMBOS)
+    facts = [banked.facts[banked.index(j)] for j in range(16)]
+    for i, fact in enumerate(facts):
+        for j, text in enumerate(extra, start=16):
+            true = (all(c == fact.color for c in named(text, COLORS))
+                    and all(s == fact.shape for s in named(text, SHAPES)))
+            assert bool(batch.positives[i, j]) == true, (text, fact)
+        assert int(batch.positives[i, 16:].sum()) == 3  # its shape, its color, its combination
+    assert banked.batch(step=1, size=16).captions[16:] != extra  # phrasings drawn anew per step
 
 
 # --- caption files --------------------------------------------------------------------------------

@@ -26,10 +26,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                             "(the default when --init is not given).")
     parser.add_argument("--pool-size", type=int, default=defaults.pool_size,
                         help="Shapes dataset: images drawn up front and reused with flips, rotations and new captions.")
+    parser.add_argument("--no-label-bank", action="store_true",
+                        help="Shapes dataset: do not add a caption per shape, color and combination to every batch.")
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr, help="Peak learning rate (AdamW).")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--temperature-lr-scale", type=float, default=defaults.temperature_lr_scale,
+                        help="Learning rate of the logit scale and bias, as a multiple of --lr "
+                             "(default: 10 from scratch, 1 with --init).")
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
@@ -53,6 +58,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
     return TrainOptions(
         out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, seed=args.seed, data=args.data, pool_size=args.pool_size, init=args.init,
+        label_bank=not args.no_label_bank, temperature_lr_scale=args.temperature_lr_scale,
         architecture=architecture, save_dtype=args.save_dtype, threads=args.threads,
         device=args.device, bf16=args.bf16, progress=not args.no_progress,
     )

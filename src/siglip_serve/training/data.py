@@ -24,7 +24,7 @@ from PIL import Image
 from siglip_serve.errors import SiglipServeError
 from siglip_serve.preprocess.images import ImageTransform, load_image
 from siglip_serve.preprocess.text import TextCleaning, clean_text
-from siglip_serve.training.shapes import make_caption, make_sample
+from siglip_serve.training.shapes import label_captions, make_caption, make_sample
 
 
 class TrainingDataError(SiglipServeError):
@@ -34,8 +34,8 @@ class TrainingDataError(SiglipServeError):
 @dataclass(frozen=True)
 class Batch:
     pixel_values: torch.Tensor  # [B, 3, H, W] float32
-    captions: list[str]
-    positives: torch.Tensor  # [B, B] bool: caption j describes image i
+    captions: list[str]  # T >= B: caption i was drawn for image i; any after B are extra texts
+    positives: torch.Tensor  # [B, T] bool: caption j describes image i
 
 
 class BatchSource(Protocol):
@@ -82,11 +82,15 @@ class ShapesPool:
     the 8 symmetries of the square (which change neither color nor shape) and with a newly drawn
     caption, nearly doubles the images per second. Pixels are stored after the checkpoint's resize,
     as uint8; normalization is `preprocess_image`'s own arithmetic.
+
+    With `label_bank`, every batch also carries one caption per shape, color and combination
+    (`label_captions`), a dense set of hard negatives: with it (and a faster temperature) the demo
+    recipe's held-out shape accuracy went from 94.3% to 95.5% (README, "The demo model").
     """
 
     def __init__(self, transform: ImageTransform, *, seed: int = 0, size: int = 40_000, workers: int = 2,
-                 progress: bool = False) -> None:
-        self.transform, self.seed = transform, seed
+                 label_bank: bool = False, progress: bool = False) -> None:
+        self.transform, self.seed, self.label_bank = transform, seed, label_bank
         chunks = [(start, min(start + 960, size)) for start in range(0, size, 960)]
         starts, stops = zip(*chunks, strict=True)
         if workers <= 1:
@@ -109,6 +113,8 @@ class ShapesPool:
         pixels = np.stack([dihedral(self.pixels[i], int(rng.integers(8))) for i in indices])
         facts = [self.facts[i] for i in indices]
         captions = [make_caption(rng, f.color, f.shape, f.background_tone) for f in facts]
+        if self.label_bank:
+            captions += label_captions(rng)
         # Several captions in a batch can truly describe one image (two red circles; "a circle" and
         # any circle). Treating them as negatives, as a plain identity target would, teaches the model
         # to push apart what it should pull together; so every true description is a positive.

@@ -17,7 +17,7 @@ class Architecture:
     patch_size: int = 16
     vision_width: int = 128
     vision_layers: int = 4
-    text_width: int = 64
+    text_width: int = 32
     text_layers: int = 2
     head_dim: int = 64
     text_length: int = 64  # SigLIP's real text length
@@ -42,8 +42,8 @@ class Architecture:
 @dataclass(frozen=True)
 class TrainOptions:
     out: Path
-    steps: int = 7000
-    batch_size: int = 64
+    steps: int = 4400
+    batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 300
@@ -51,6 +51,9 @@ class TrainOptions:
     seed: int = 0
     data: Path | None = None  # JSONL/CSV of image + caption; None: the built-in shapes dataset
     pool_size: int = 40_000  # shapes dataset: images drawn up front and reused (see ShapesPool)
+    label_bank: bool = True  # shapes dataset: every batch also carries a caption per shape, color, combination
+    # Learning rate of logit_scale and logit_bias relative to `lr`; None: 10 from scratch, 1 when fine-tuning
+    temperature_lr_scale: float | None = None
     init: str | None = None  # checkpoint to fine-tune; None: from scratch with `architecture`
     architecture: Architecture = field(default_factory=Architecture)
     save_dtype: str = "float32"  # of the saved tower weights: float32 or float16
@@ -58,3 +61,8 @@ class TrainOptions:
     device: str = "auto"  # auto: CUDA when present, else the CPU
     bf16: bool = False  # bfloat16 autocast (mixed precision; weights and optimizer stay float32)
     progress: bool = True
+
+    @property
+    def temperature_lr(self) -> float:
+        scale = self.temperature_lr_scale
+        return self.lr * (scale if scale is not None else 1.0 if self.init else 10.0)

@@ -232,6 +232,18 @@ def make_caption(rng: np.random.Generator, color: str, shape: str, tone: str | N
     return Caption(with_article(pick(rng, FULL_CAPTIONS).format(c=color, s=shape)), color, shape)
 
 
+def label_captions(rng: np.random.Generator) -> list[Caption]:
+    """One caption per shape, per color and per (color, shape), each in a randomly drawn phrasing.
+
+    Added to every training batch (`ShapesPool`), so that each image meets every shape and color
+    name as a positive or a negative at every step, not only the ~1/8 of a batch that shares its color.
+    """
+    shapes = [Caption(with_article(pick(rng, SHAPE_CAPTIONS).format(s=s)), None, s) for s in SHAPES]
+    colors = [Caption(with_article(pick(rng, COLOR_CAPTIONS).format(c=c)), c, None) for c in COLORS]
+    combos = [Caption(with_article(pick(rng, FULL_CAPTIONS).format(c=c, s=s)), c, s) for c, s in COMBOS]
+    return shapes + colors + combos
+
+
 def pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
     return options[int(rng.integers(len(options)))]
 
