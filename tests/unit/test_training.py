@@ -27,6 +27,7 @@ from siglip_serve.training.data import (
     ShapeFacts,
     ShapesPool,
     TrainingDataError,
+    describes_matrix,
     dihedral,
     normalize_pixels,
     read_captions,
@@ -34,7 +35,17 @@ from siglip_serve.training.data import (
 )
 from siglip_serve.training.loss import INIT_LOGIT_BIAS, INIT_LOGIT_SCALE, sigmoid_loss
 from siglip_serve.training.options import Architecture, TrainOptions
-from siglip_serve.training.shapes import COLORS, COMBOS, SHAPES, caption_corpus, make_sample, with_article
+from siglip_serve.training.shapes import (
+    COLORS,
+    COMBOS,
+    SHAPES,
+    Caption,
+    caption_corpus,
+    label_captions,
+    make_caption,
+    make_sample,
+    with_article,
+)
 from siglip_serve.training.train import optimizer_for, scratch_setup, train, warmup_cosine
 
 TINY = Architecture(image_size=32, patch_size=8, vision_width=32, vision_layers=1, text_width=32, text_layers=1,
@@ -232,6 +243,20 @@ def test_every_true_description_in_a_batch_is_a_positive(pool: ShapesPool) -> No
                 assert not batch.positives[i, j], (text, fact)
             elif "background" not in words:  # names only this image's color and/or shape
                 assert batch.positives[i, j], (text, fact)
+
+
+def test_describes_matrix_agrees_with_caption_describes_including_background_tones() -> None:
+    rng = np.random.default_rng(7)
+    tones = (None, "dark", "light")
+    facts = [ShapeFacts(str(rng.choice(list(COLORS))), str(rng.choice(SHAPES)), tones[int(rng.integers(3))])
+             for _ in range(40)]
+    captions = [make_caption(rng, f.color, f.shape, f.background_tone) for f in facts] + label_captions(rng)
+    captions += [Caption("a red circle on a dark background", "red", "circle", "dark")]
+    matrix = describes_matrix(captions, facts)
+    assert matrix.dtype == torch.bool and matrix.shape == (40, len(captions))
+    expected = [[caption.describes(fact) for caption in captions] for fact in facts]
+    assert matrix.tolist() == expected
+    assert any(c.background for c in captions[:40])  # the tone rule was exercised
 
 
 def test_label_bank_adds_every_shape_color_and_combination_with_true_positives(pool: ShapesPool) -> None:

@@ -24,7 +24,7 @@ from PIL import Image
 from siglip_serve.errors import SiglipServeError
 from siglip_serve.preprocess.images import ImageTransform, load_image
 from siglip_serve.preprocess.text import TextCleaning, clean_text
-from siglip_serve.training.shapes import label_captions, make_caption, make_sample
+from siglip_serve.training.shapes import Caption, label_captions, make_caption, make_sample
 
 
 class TrainingDataError(SiglipServeError):
@@ -66,6 +66,21 @@ class ShapeFacts:
     color: str
     shape: str
     background_tone: str | None
+
+
+def describes_matrix(captions: Sequence[Caption], facts: Sequence[ShapeFacts]) -> torch.Tensor:
+    """[len(facts), len(captions)] bool: `caption.describes(fact)` for every pair, vectorized.
+    (The Python double loop costs ~17 ms per batch of 128 images x 190 texts, holding the GIL
+    in the prefetch thread while the training step runs.)"""
+    def attribute_match(image_values: list, caption_values: list) -> np.ndarray:
+        image_side = np.array([v or "" for v in image_values])[:, None]
+        caption_side = np.array([v or "" for v in caption_values])[None, :]
+        return (caption_side == "") | (caption_side == image_side)  # "": the caption does not say
+
+    return torch.from_numpy(
+        attribute_match([f.color for f in facts], [c.color for c in captions])
+        & attribute_match([f.shape for f in facts], [c.shape for c in captions])
+        & attribute_match([f.background_tone for f in facts], [c.background for c in captions]))
 
 
 def render_pool_images(seed: int, start: int, stop: int, transform: ImageTransform) -> tuple[np.ndarray, list]:
@@ -118,8 +133,8 @@ class ShapesPool:
         # Several captions in a batch can truly describe one image (two red circles; "a circle" and
         # any circle). Treating them as negatives, as a plain identity target would, teaches the model
         # to push apart what it should pull together; so every true description is a positive.
-        positives = torch.tensor([[caption.describes(fact) for caption in captions] for fact in facts])
-        return Batch(normalize_pixels(pixels, self.transform), [c.text for c in captions], positives)
+        return Batch(normalize_pixels(pixels, self.transform), [c.text for c in captions],
+                     describes_matrix(captions, facts))
 
     def index(self, position: int) -> int:
         epoch, offset = divmod(position, len(self))

@@ -42,7 +42,7 @@ class Architecture:
 @dataclass(frozen=True)
 class TrainOptions:
     out: Path
-    steps: int = 4400
+    steps: int = 5900
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-4

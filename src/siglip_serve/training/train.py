@@ -119,6 +119,13 @@ def make_source(options: TrainOptions, setup: Setup) -> BatchSource:
     return CaptionsSource(items, setup.transform, setup.tokenizer.cleaning, seed=options.seed)
 
 
+def training_attention(device: torch.device) -> str:
+    """Attention kernel for training. On the CPU, PyTorch's fused (flash) attention backward is
+    slower than plain matmul + softmax for these short sequences: a demo-model step takes 1.7x as
+    long with it (bench/results/train_step.md). Serving, forward only, keeps SDPA."""
+    return "eager" if device.type == "cpu" else "sdpa"
+
+
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     """Linear warmup, then cosine decay to 0 (the SigLIP paper's schedule shape)."""
     def factor(step: int) -> float:
@@ -201,6 +208,7 @@ def train(options: TrainOptions, *, source: BatchSource | None = None, command: 
         setup = scratch_setup(options, corpus)
     source = source or make_source(options, setup)
     module = setup.module.to(resolve_device(options.device)).train()
+    module.set_attn_implementation(training_attention(module.logit_scale.device))
     optimizer = optimizer_for(module, options)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(options.warmup_steps, options.steps))
     tokens = TokenCache(setup.tokenizer)
