@@ -46,7 +46,7 @@ from siglip_serve.training.shapes import (
     make_sample,
     with_article,
 )
-from siglip_serve.training.train import optimizer_for, scratch_setup, train, warmup_cosine
+from siglip_serve.training.train import optimizer_for, scratch_setup, train, training_attention, warmup_cosine
 
 TINY = Architecture(image_size=32, patch_size=8, vision_width=32, vision_layers=1, text_width=32, text_layers=1,
                     head_dim=16, vocab_size=128)
@@ -351,6 +351,17 @@ def test_training_from_scratch_reduces_the_loss_and_saves_a_loadable_checkpoint(
     assert len(scores[0]) == 2
     record = json.loads((tmp_path / "out" / "training.json").read_text())
     assert record["steps_done"] == 30 and record["options"]["seed"] == 0
+
+
+def test_cpu_training_runs_eager_attention_and_the_saved_model_serves_with_sdpa(tmp_path: Path) -> None:
+    seen: list[str] = []
+    train(tiny_options(tmp_path, steps=2),
+          callback=lambda step, module: seen.extend([module.vision_model.config._attn_implementation,
+                                                     module.text_model.config._attn_implementation]))
+    assert seen == ["eager"] * 4
+    assert training_attention(torch.device("cuda")) == "sdpa"
+    towers = siglip_serve.load(str(tmp_path), device="cpu", dtype="float32").checkpoint.towers
+    assert towers.module.config._attn_implementation == "sdpa"
 
 
 def test_scratch_tokenizer_is_laid_out_like_google_siglip(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from siglip_serve.training.options import Architecture, TrainOptions
 
 SAVE_DTYPES = ("float32", "float16")
+HIDDEN_ACTS = ("gelu", "gelu_pytorch_tanh")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +52,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     for name in ("image_size", "patch_size", "vision_width", "vision_layers", "text_width", "text_layers",
                  "head_dim", "text_length", "vocab_size"):
         size.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(arch, name))
+    size.add_argument("--hidden-act", choices=HIDDEN_ACTS, default=arch.hidden_act,
+                      help="MLP activation: exact GELU, or the tanh approximation google's checkpoints name.")
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:

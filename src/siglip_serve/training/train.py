@@ -120,9 +120,10 @@ def make_source(options: TrainOptions, setup: Setup) -> BatchSource:
 
 
 def training_attention(device: torch.device) -> str:
-    """Attention kernel for training. On the CPU, PyTorch's fused (flash) attention backward is
-    slower than plain matmul + softmax for these short sequences: a demo-model step takes 1.7x as
-    long with it (bench/results/train_step.md). Serving, forward only, keeps SDPA."""
+    """Attention kernel for training. On the CPU, PyTorch's fused (flash) attention backward under
+    bf16 autocast is slower than plain matmul + softmax for these short sequences: a demo-model
+    step takes ~1.5x as long with it, and no less in float32 (bench/results/train_step.md).
+    Serving, forward only, keeps SDPA."""
     return "eager" if device.type == "cpu" else "sdpa"
 
 
@@ -160,21 +161,26 @@ class TokenCache:
 
     def __init__(self, tokenizer: FixedLengthTokenizer) -> None:
         self.tokenizer = tokenizer
-        self.rows: dict[str, list[int]] = {}
+        self.rows: dict[str, torch.Tensor] = {}
 
     def __call__(self, captions: list[str]) -> torch.Tensor:
         for caption in captions:
             if caption not in self.rows:
-                self.rows[caption] = self.tokenizer.token_ids(caption)
-        return torch.tensor([self.rows[c] for c in captions], dtype=torch.long)
+                self.rows[caption] = torch.tensor(self.tokenizer.token_ids(caption), dtype=torch.long)
+        return torch.stack([self.rows[c] for c in captions])
 
 
 def batch_loss(module: torch.nn.Module, batch: Batch, tokens: TokenCache, *, bf16: bool = False) -> torch.Tensor:
     device = module.logit_scale.device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         image_embeds = module.vision_model(pixel_values=batch.pixel_values.to(device)).pooler_output
+        # Each distinct caption once (~1 in 9 of a shapes batch repeats); indexing sums the gradients of
+        # the repeats, so the loss and its gradients are those of embedding every row.
+        distinct = list(dict.fromkeys(batch.captions))
+        row_of = {caption: row for row, caption in enumerate(distinct)}
+        rows = torch.tensor([row_of[caption] for caption in batch.captions], device=device)
         # No attention mask, as SigLIP is trained and as we serve it (shared notes §2).
-        text_embeds = module.text_model(input_ids=tokens(batch.captions).to(device)).pooler_output
+        text_embeds = module.text_model(input_ids=tokens(distinct).to(device)).pooler_output[rows]
     return sigmoid_loss(image_embeds.float(), text_embeds.float(), module.logit_scale, module.logit_bias,
                         batch.positives.to(device))
 
