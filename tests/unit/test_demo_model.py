@@ -4,7 +4,7 @@ Quality bar (issue): on freshly generated held-out images, zero-shot top-1 with 
 "This is a photo of {}." >= 90% over the 48 "a {color} {shape}" labels and >= 97% for the 8 colors
 and the 6 shapes; text->image recall@1 >= 85% over 48 images, one per combination. The images here
 come from a seed that neither training (seed 0) nor bench/demo_accuracy.py uses. The model runs
-as the server runs it (`--dtype auto`). Drawing and scoring 480 images takes a few seconds.
+as the server runs it (`--dtype auto`). Drawing and scoring 960 images takes a few seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from siglip_serve.training.shapes import make_sample
 
 TEST_SEED = 2_000_029
 MAX_BYTES = 10_000_000
-HELD_OUT_IMAGES = 480  # 10 of each color-shape combination
+HELD_OUT_IMAGES = 960  # 20 of each color-shape combination
 
 
 @pytest.fixture(scope="module")
