@@ -1,4 +1,5 @@
-"""Training step time of the demo model (`siglip-serve train`'s default architecture) on this machine:
+"""Training step time of the demo model (`siglip-serve train`'s default architecture) and of a
+base-224 fine-tune on this machine:
 the attention kernel (PyTorch SDPA vs transformers' eager matmul + softmax), the MLP activation
 (exact GELU vs its tanh approximation) and the autocast dtype.
 
@@ -10,7 +11,7 @@ turn), on the same weights. The loss on one batch is compared with the baseline'
 compute the same function, the exact GELU a slightly different one (a different model, trained as such).
 
     python bench/train_step.py --quick   # smoke: a few steps
-    python bench/train_step.py           # ~1 min on this 2-core CPU
+    python bench/train_step.py           # ~4 min on this 2-core CPU
 """
 
 from __future__ import annotations
@@ -34,39 +35,32 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=60, help="Timed steps per row.")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--base-batch", type=int, default=8,
+                        help="Images per step for the base-224 fine-tuning rows (texts: twice as many; 0: skip).")
+    parser.add_argument("--base-steps", type=int, default=4, help="Timed steps per base-224 row.")
     parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.warmup = ROUND, 1
+        args.steps, args.warmup, args.base_batch, args.base_steps = ROUND, 1, 2, 1
     return args
 
 
-def main() -> int:
-    args = parse_args()
-    report = Report("train_step", smoke=args.quick, args={k: str(v) if isinstance(v, Path) else v
-                                                          for k, v in vars(args).items()})
-    common.quiet()
+def measure(template, variants: tuple[tuple[str, str | None], ...], images, texts, *, steps: int, warmup: int,
+            round_size: int) -> list[dict]:
+    """Time every (attention, activation) variant of `template` under bf16 autocast and in float32;
+    activation None keeps the checkpoint's. The first variant is the baseline of its dtype."""
     import torch
-    from transformers import SiglipConfig, SiglipModel
+    from transformers import SiglipModel
 
     from siglip_serve.training.loss import sigmoid_loss
-    from siglip_serve.training.options import Architecture
 
-    torch.set_num_threads(args.threads)
-    arch = Architecture()
-    torch.manual_seed(0)
-    template = SiglipModel._from_config(SiglipConfig(**arch.config(arch.vocab_size)))
-    images = torch.randn(args.batch_size, 3, arch.image_size, arch.image_size)
-    texts = torch.randint(0, arch.vocab_size, (args.batch_size + LABEL_BANK, arch.text_length))
-    positives = torch.rand(args.batch_size, args.batch_size + LABEL_BANK) < 0.05
+    positives = torch.rand(len(images), len(texts), generator=torch.Generator().manual_seed(0)) < 0.05
 
-    variants = (("sdpa", "gelu_pytorch_tanh"), ("eager", "gelu_pytorch_tanh"), ("sdpa", "gelu"), ("eager", "gelu"))
-
-    def make(attention: str, activation: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    def make(attention: str, activation: str | None) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         # A config of its own: the attention choice is read from the config at every forward.
         config = copy.deepcopy(template.config)
         for tower in (config.vision_config, config.text_config):
-            tower.hidden_act = activation
+            tower.hidden_act = activation or tower.hidden_act
         module = SiglipModel._from_config(config, attn_implementation=attention)
         module.load_state_dict(template.state_dict())
         assert module.vision_model.config._attn_implementation == attention
@@ -92,31 +86,66 @@ def main() -> int:
         runs = {variant: make(*variant) for variant in variants}
         with torch.no_grad():
             losses = {variant: float(loss_of(module, bf16)) for variant, (module, _) in runs.items()}
-        times: dict[tuple[str, str], list[float]] = {variant: [] for variant in runs}
+        times: dict[tuple[str, str | None], list[float]] = {variant: [] for variant in runs}
         with stage(f"{dtype}: {len(variants)} variants, interleaved"):
-            for _ in range(args.warmup):
+            for _ in range(warmup):
                 for module, optimizer in runs.values():
                     step(module, optimizer, bf16)
             # Take turns every few steps, so that a drifting machine affects every variant alike.
-            for _ in range(max(1, args.steps // ROUND)):
+            for _ in range(max(1, steps // round_size)):
                 for variant, (module, optimizer) in runs.items():
                     times[variant] += common.time_calls(lambda m=module, o=optimizer, b=bf16: step(m, o, b),
-                                                        warmup=0, iters=ROUND)
+                                                        warmup=0, iters=round_size)
         base_ms = common.summarize(times[variants[0]])["p50"] * 1000
         for (attention, activation), measured in times.items():
             median_ms = common.summarize(measured)["p50"] * 1000
-            rows.append({"attention": attention, "activation": activation, "autocast": dtype,
-                         "batch": args.batch_size, "texts": args.batch_size + LABEL_BANK,
+            rows.append({"attention": attention, "activation": activation or template.config.vision_config.hidden_act,
+                         "autocast": dtype, "batch": len(images), "texts": len(texts),
                          "steps_timed": len(measured), "median_ms": median_ms,
-                         "images_per_s": args.batch_size / median_ms * 1000, "speedup": base_ms / median_ms,
+                         "images_per_s": len(images) / median_ms * 1000, "speedup": base_ms / median_ms,
                          "loss_diff": abs(losses[(attention, activation)] - losses[variants[0]])})
-    report.add("rows", rows)
-    report.section("One training step of the demo architecture", common.markdown_table(rows, [
-        ("attention", "attention", ""), ("activation", "activation", ""), ("autocast", "autocast", ""),
-        ("batch", "images", "d"), ("texts", "texts", "d"), ("median_ms", "ms/step", ".0f"),
-        ("images_per_s", "img/s", ".0f"), ("speedup", "vs SDPA + tanh", ".2f"),
-        ("loss_diff", "loss Δ vs SDPA + tanh (abs)", ".1e")]))
-    report.note("`siglip-serve train` uses eager attention on the CPU and SDPA on CUDA "
+    return rows
+
+
+COLUMNS = [("attention", "attention", ""), ("activation", "activation", ""), ("autocast", "autocast", ""),
+           ("batch", "images", "d"), ("texts", "texts", "d"), ("median_ms", "ms/step", ".0f"),
+           ("images_per_s", "img/s", ".1f"), ("speedup", "vs first row of its dtype", ".2f"),
+           ("loss_diff", "loss Δ vs that row (abs)", ".1e")]
+
+
+def main() -> int:
+    args = parse_args()
+    report = Report("train_step", smoke=args.quick, args={k: str(v) if isinstance(v, Path) else v
+                                                          for k, v in vars(args).items()})
+    common.quiet()
+    import torch
+    from transformers import SiglipConfig, SiglipModel
+
+    from siglip_serve.training.options import Architecture
+
+    torch.set_num_threads(args.threads)
+    arch = Architecture()
+    torch.manual_seed(0)
+    template = SiglipModel._from_config(SiglipConfig(**arch.config(arch.vocab_size)))
+    images = torch.randn(args.batch_size, 3, arch.image_size, arch.image_size)
+    texts = torch.randint(0, arch.vocab_size, (args.batch_size + LABEL_BANK, arch.text_length))
+    demo = measure(template, (("sdpa", "gelu_pytorch_tanh"), ("eager", "gelu_pytorch_tanh"), ("sdpa", "gelu"),
+                              ("eager", "gelu")), images, texts, steps=args.steps, warmup=args.warmup,
+                   round_size=ROUND)
+    report.add("demo", demo)
+    report.section("One training step of the demo architecture (from scratch)", common.markdown_table(demo, COLUMNS))
+    if args.base_batch:
+        # Fine-tuning a real-size model: the random base-224 checkpoint (google/siglip-base-patch16-224's
+        # shapes; 196 image tokens, 12 layers per tower), its own activation.
+        base_template = SiglipModel.from_pretrained(common.checkpoint_dir(common.ARCHS["base-224"]))
+        size = base_template.config.vision_config.image_size
+        base_images = torch.randn(args.base_batch, 3, size, size)
+        base_texts = torch.randint(0, 1000, (2 * args.base_batch, 64))
+        base = measure(base_template, (("sdpa", None), ("eager", None)), base_images, base_texts,
+                       steps=args.base_steps, warmup=1, round_size=min(2, args.base_steps))
+        report.add("base_224", base)
+        report.section("One fine-tuning step of base-224 (random weights)", common.markdown_table(base, COLUMNS))
+    report.note("`siglip-serve train` uses eager attention on the CPU under bf16 autocast, SDPA otherwise "
                 "(training.train.training_attention); serving, forward only, uses SDPA everywhere. "
                 "New models keep google's tanh GELU (`--hidden-act gelu` gives the exact one).")
     report.write(args.out_dir)

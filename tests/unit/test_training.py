@@ -353,15 +353,20 @@ def test_training_from_scratch_reduces_the_loss_and_saves_a_loadable_checkpoint(
     assert record["steps_done"] == 30 and record["options"]["seed"] == 0
 
 
-def test_cpu_training_runs_eager_attention_and_the_saved_model_serves_with_sdpa(tmp_path: Path) -> None:
+def test_bf16_cpu_training_runs_eager_attention_and_the_saved_model_serves_with_sdpa(tmp_path: Path) -> None:
     seen: list[str] = []
-    train(tiny_options(tmp_path, steps=2),
+    train(tiny_options(tmp_path, steps=2, bf16=True),
           callback=lambda step, module: seen.extend([module.vision_model.config._attn_implementation,
                                                      module.text_model.config._attn_implementation]))
     assert seen == ["eager"] * 4
-    assert training_attention(torch.device("cuda")) == "sdpa"
     towers = siglip_serve.load(str(tmp_path), device="cpu", dtype="float32").checkpoint.towers
     assert towers.module.config._attn_implementation == "sdpa"
+
+
+def test_training_attention_is_eager_only_on_the_cpu_under_bf16() -> None:
+    assert training_attention(torch.device("cpu"), bf16=True) == "eager"
+    assert training_attention(torch.device("cpu"), bf16=False) == "sdpa"
+    assert training_attention(torch.device("cuda"), bf16=True) == "sdpa"
 
 
 def test_scratch_tokenizer_is_laid_out_like_google_siglip(tmp_path: Path) -> None:

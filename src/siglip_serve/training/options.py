@@ -23,7 +23,7 @@ class Architecture:
     text_length: int = 64  # SigLIP's real text length
     vocab_size: int = 256  # asked of SentencePiece; a small corpus may give fewer pieces
     # google's HF configs name the tanh approximation; timm/open_clip's SigLIP ViTs use exact "gelu".
-    # Exact GELU would make a demo step only ~4% faster on this CPU (bench/results/train_step.md).
+    # Exact GELU would make a demo step 5-12% faster on this CPU (bench/results/train_step.md).
     hidden_act: str = "gelu_pytorch_tanh"
 
     def config(self, vocab_size: int) -> dict:

@@ -119,12 +119,13 @@ def make_source(options: TrainOptions, setup: Setup) -> BatchSource:
     return CaptionsSource(items, setup.transform, setup.tokenizer.cleaning, seed=options.seed)
 
 
-def training_attention(device: torch.device) -> str:
-    """Attention kernel for training. On the CPU, PyTorch's fused (flash) attention backward under
-    bf16 autocast is slower than plain matmul + softmax for these short sequences: a demo-model
-    step takes ~1.5x as long with it, and no less in float32 (bench/results/train_step.md).
-    Serving, forward only, keeps SDPA."""
-    return "eager" if device.type == "cpu" else "sdpa"
+def training_attention(device: torch.device, *, bf16: bool) -> str:
+    """Attention kernel for training. On the CPU under bf16 autocast, PyTorch's fused (flash)
+    attention backward is slower than transformers' eager matmul + softmax: a demo-model step
+    (17 and 64 tokens) takes ~1.6x as long with it, a base-224 step (196 tokens) as long
+    (bench/results/train_step.md). In float32, SDPA is as fast or faster. Serving, forward only,
+    keeps SDPA."""
+    return "eager" if device.type == "cpu" and bf16 else "sdpa"
 
 
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
@@ -214,7 +215,7 @@ def train(options: TrainOptions, *, source: BatchSource | None = None, command: 
         setup = scratch_setup(options, corpus)
     source = source or make_source(options, setup)
     module = setup.module.to(resolve_device(options.device)).train()
-    module.set_attn_implementation(training_attention(module.logit_scale.device))
+    module.set_attn_implementation(training_attention(module.logit_scale.device, bf16=options.bf16))
     optimizer = optimizer_for(module, options)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(options.warmup_steps, options.steps))
     tokens = TokenCache(setup.tokenizer)
