@@ -9,7 +9,6 @@ import signal
 from siglip_serve.config import Settings, parse_model_entry
 from siglip_serve.engine.engine import Engine, EngineConfig
 from siglip_serve.errors import CheckpointNotFoundError
-from siglip_serve.preprocess.fetch import FetchPolicy
 
 logger = logging.getLogger("siglip_serve")
 
@@ -34,16 +33,7 @@ def build_engine(settings: Settings) -> Engine:
         if settings.compile:
             logger.info("compiling %s for batches of up to %d", name, settings.max_batch_size)
             models[name].compile()
-    config = EngineConfig(
-        max_batch_size=settings.max_batch_size,
-        max_wait_ms=settings.max_wait_ms,
-        max_queue_size=settings.max_queue_size,
-        label_cache_size=settings.label_cache_size,
-        decode_workers=settings.decode_workers,
-        fetch=FetchPolicy(allow_private=settings.allow_private_urls, timeout_s=settings.fetch_timeout_s,
-                          max_bytes=settings.max_image_bytes),
-    )
-    return Engine(models, config)
+    return Engine(models, EngineConfig.from_settings(settings))
 
 
 def serve(settings: Settings) -> int:

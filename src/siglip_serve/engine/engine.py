@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import torch
 
+from siglip_serve.config import Settings, default
 from siglip_serve.engine.batcher import BatcherConfig, DynamicBatcher, ModelWorker
 from siglip_serve.engine.inputs import Input
 from siglip_serve.engine.label_cache import LabelCache
@@ -30,12 +31,27 @@ from siglip_serve.preprocess.text import check_text
 
 @dataclass(frozen=True)
 class EngineConfig:
-    max_batch_size: int = 32
-    max_wait_ms: float = 0.0
-    max_queue_size: int = 1024
-    label_cache_size: int = 20_000
-    decode_workers: int = 4
+    """The engine's share of `Settings`; each default is the setting's declared one."""
+
+    max_batch_size: int = default("max_batch_size")
+    max_wait_ms: float = default("max_wait_ms")
+    max_queue_size: int = default("max_queue_size")
+    label_cache_bytes: int = default("label_cache_bytes")
+    decode_workers: int = default("decode_workers")
+    max_decode_pixels: int = default("max_decode_pixels")
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineConfig:
+        return cls(
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue_size=settings.max_queue_size,
+            label_cache_bytes=settings.label_cache_bytes,
+            decode_workers=settings.decode_workers,
+            max_decode_pixels=settings.max_decode_pixels,
+            fetch=FetchPolicy.from_settings(settings),
+        )
 
 
 @dataclass

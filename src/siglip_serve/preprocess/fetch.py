@@ -21,6 +21,7 @@ from urllib.parse import unquote
 
 import httpx
 
+from siglip_serve.config import Settings, default
 from siglip_serve.errors import ImageFetchError, InvalidImageError
 
 USER_AGENT = "siglip-serve"
@@ -43,10 +44,15 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 class FetchPolicy:
     """Limits for fetching and decoding one image reference."""
 
-    allow_private: bool = False  # --allow-private-urls
-    timeout_s: float = 10.0  # whole fetch: resolution, connect, redirects and body
-    max_bytes: int = 20 * 1024 * 1024  # also the limit for decoded base64 / data URIs
+    allow_private: bool = default("allow_private_urls")
+    timeout_s: float = default("fetch_timeout_s")  # whole fetch: resolution, connect, redirects and body
+    max_bytes: int = default("max_image_bytes")  # also the limit for decoded base64 / data URIs
     max_redirects: int = 3
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FetchPolicy:
+        return cls(allow_private=settings.allow_private_urls, timeout_s=settings.fetch_timeout_s,
+                   max_bytes=settings.max_image_bytes)
 
 
 class _FetchFailed(Exception):

@@ -28,6 +28,7 @@ from PIL import (  # noqa: F401  the plugins register the formats we accept
     WebPImagePlugin,
 )
 
+from siglip_serve.config import default
 from siglip_serve.errors import EmptyImageError, ImageTooLargeError, InvalidImageError
 
 ImageSource: TypeAlias = "str | Path | bytes | bytearray | memoryview | Image.Image"
@@ -36,8 +37,7 @@ ImageSource: TypeAlias = "str | Path | bytes | bytearray | memoryview | Image.Im
 # opener also yields MPO (multi-picture JPEGs from phone cameras).
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
-# 64 MP: a 8000x8000 photo passes, a decompression bomb does not.
-DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MAX_PIXELS: int = default("max_image_pixels")
 
 # Pillow warns from ~89 MP on; `check_image_size` enforces the configured limit instead.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
