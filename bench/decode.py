@@ -108,7 +108,7 @@ def embedding_effect(model: Any, *, model_name: str, jpegs: dict[str, list[bytes
     the two paths, and with `truth` (one label per image) the accuracy of each path."""
     import torch
 
-    from siglip_serve.engine.scoring import l2_normalize
+    from siglip_serve.scoring import l2_normalize
 
     transform = model.checkpoint.image_transform
     size = (transform.width, transform.height)

@@ -284,7 +284,7 @@ def embeddings_for_numerics(towers: Any, arch: Arch, args: argparse.Namespace) -
 def compare_numerics(reference: tuple[torch.Tensor, torch.Tensor], low: tuple[torch.Tensor, torch.Tensor], *,
                      temperature: Any) -> dict[str, Any]:
     """Half precision vs fp32 on the same inputs: cosine of embeddings, logits/probabilities, top-1."""
-    from siglip_serve.engine.scoring import l2_normalize, logits
+    from siglip_serve.scoring import l2_normalize, logits
 
     cos = torch.nn.functional.cosine_similarity
     (ref_img, ref_txt), (img, txt) = reference, low

@@ -1,4 +1,4 @@
-"""The `siglip-serve` command: serve, classify, models, train."""
+"""The `siglip-serve` command: serve, classify, embed, models, train."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pydantic.fields import FieldInfo
 from siglip_serve.config import ENV_PREFIX, Settings
 from siglip_serve.demo import DEMO_MODEL_NAME
 from siglip_serve.errors import SiglipServeError
+from siglip_serve.jobs.cli import add_embed_arguments, run_embed_command
 from siglip_serve.training.cli import add_train_arguments, run_train
 
 
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--dtype", default="auto")
     classify.add_argument("--json", action="store_true", help="Print one JSON array instead of tables.")
 
+    embed = commands.add_parser(
+        "embed", help="Embed a folder, glob or manifest of images into a Lance (LanceDB) or Parquet dataset.")
+    add_embed_arguments(embed)
+
     models = commands.add_parser("models", help="List known checkpoints.")
     models.add_argument("--json", action="store_true")
 
@@ -84,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(settings_from_args(args))
         if args.command == "classify":
             return run_classify(args)
+        if args.command == "embed":
+            return run_embed_command(args)
         if args.command == "train":
             return run_train(args, command="siglip-serve " + shlex.join(argv))
         return run_models(args)

@@ -7,6 +7,14 @@ example ``input[3]`` or ``labels``, so that a caller knows what to fix.
 
 from __future__ import annotations
 
+MAX_SHOWN_CHARS = 64
+
+
+def shown(value: object, limit: int = MAX_SHOWN_CHARS) -> str:
+    """`repr(value)` cut to `limit` characters: messages echo user input only that far."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
 
 class SiglipServeError(Exception):
     """Base class. ``param`` names the offending field or item, when there is one."""
@@ -59,6 +67,10 @@ class InvalidParameterError(SiglipServeError):
 
 class TooManyInputsError(SiglipServeError):
     """More inputs, labels or documents than the configured limit."""
+
+
+class TextTooLongError(SiglipServeError):
+    """A label, template or text longer than the configured number of characters."""
 
 
 class RequestTooLargeError(SiglipServeError):

@@ -17,23 +17,26 @@ class Metrics:
         r = self.registry
         self.requests = Counter("siglip_requests", "HTTP requests", ["route", "status"], registry=r)
         self.errors = Counter("siglip_errors", "HTTP error responses", ["route", "status", "type"], registry=r)
-        self.queue_depth = Gauge("siglip_queue_depth", "Items waiting per batcher", ["batcher"], registry=r)
-        self.batch_size = Histogram("siglip_batch_size", "Items per model forward", ["batcher"],
+        self.queue_depth = Gauge("siglip_queue_depth", "Items waiting per batcher", ["model", "tower"], registry=r)
+        self.batch_size = Histogram("siglip_batch_size", "Items per model forward", ["model", "tower"],
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.admitted = Gauge("siglip_admitted_items", "Items admitted per model (being prepared, queued or run)",
+                              ["model"], registry=r)
         self.stage_seconds = Histogram("siglip_stage_seconds", "Time per stage per item or batch",
                                        ["stage"], buckets=LATENCY_BUCKETS, registry=r)
-        self.encoded = Counter("siglip_items_encoded", "Images and texts encoded by a tower", ["tower"], registry=r)
+        self.encoded = Counter("siglip_items_encoded", "Images and texts encoded by a tower", ["model", "tower"],
+                               registry=r)
         self.cache_hits = Counter("siglip_label_cache_hits", "Text embeddings served from the cache", registry=r)
         self.cache_misses = Counter("siglip_label_cache_misses", "Text embeddings computed", registry=r)
 
-    # BatchObserver protocol (engine.batcher)
-    def on_batch(self, name: str, size: int, run_seconds: float) -> None:
-        self.batch_size.labels(name).observe(size)
+    # engine.batcher.BatchObserver
+    def on_batch(self, model: str, tower: str, size: int, run_seconds: float) -> None:
+        self.batch_size.labels(model, tower).observe(size)
         self.stage_seconds.labels("inference").observe(run_seconds)
-        self.encoded.labels(name.rsplit("/", 1)[-1]).inc(size)
+        self.encoded.labels(model, tower).inc(size)
 
-    def on_queue_wait(self, name: str, seconds: float) -> None:
+    def on_queue_wait(self, model: str, tower: str, seconds: float) -> None:
         self.stage_seconds.labels("queue").observe(seconds)
 
-    def on_queue_depth(self, name: str, depth: int) -> None:
-        self.queue_depth.labels(name).set(depth)
+    def on_queue_depth(self, model: str, tower: str, depth: int) -> None:
+        self.queue_depth.labels(model, tower).set(depth)

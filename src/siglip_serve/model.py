@@ -10,85 +10,37 @@ Works without any server::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from siglip_serve.engine.scoring import (
-    Normalization,
+from siglip_serve.backend import ModelInfo, Temperature, TokenizedText
+from siglip_serve.config import default
+from siglip_serve.errors import EmptyInputError, SiglipServeError
+from siglip_serve.models.checkpoint import Checkpoint
+from siglip_serve.models.loader import load_checkpoint
+from siglip_serve.preprocess.images import ImageSource, ImageTransform, prepare_image
+from siglip_serve.preprocess.pixel_budget import PixelBudget
+from siglip_serve.scoring import (
+    DEFAULT_TEMPLATE,
+    as_list,
+    check_classify_options,
     ensemble_templates,
+    format_prompts,
     l2_normalize,
     logits,
     probabilities,
-    ranked,
+    ranked_labels,
 )
-from siglip_serve.errors import EmptyInputError, InvalidParameterError, InvalidTemplateError, SiglipServeError
-from siglip_serve.models.checkpoint import Checkpoint
-from siglip_serve.models.loader import load_checkpoint
-from siglip_serve.preprocess.images import DEFAULT_MAX_PIXELS, ImageSource, ImageTransform, load_image
-from siglip_serve.preprocess.text import check_text
 
-DEFAULT_TEMPLATE = "This is a photo of {}."  # HF zero-shot pipeline and the SigLIP model cards
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    family: str
-    format: str
-    image_size: int | None  # None for NaFlex (variable size)
-    patch_size: int
-    embed_dim: int
-    text_length: int
-    max_num_patches: int | None = None  # NaFlex only
-
-
-def as_list(items: Sequence[Any] | Any) -> list[Any]:
-    """A single str, bytes or image stands for a list of one (not a sequence of characters)."""
-    if isinstance(items, str | bytes | bytearray | memoryview) or not isinstance(items, Sequence):
-        return [items]
-    return list(items)
-
-
-def check_classify_options(normalization: str, top_k: int | None) -> Normalization:
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise InvalidParameterError(f"top_k must be a positive integer, got {top_k!r}", param="top_k")
-    try:
-        return Normalization(normalization)
-    except ValueError:
-        raise InvalidParameterError(
-            f"normalization must be one of {', '.join(n.value for n in Normalization)}, got {normalization!r}",
-            param="normalization",
-        ) from None
-
-
-def format_prompts(labels: Sequence[str], templates: str | Sequence[str] | None) -> list[list[str]]:
-    """[templates][labels] prompt texts. Validates labels and templates, naming the bad one."""
-    labels = as_list(labels)
-    if not labels:
-        raise EmptyInputError("at least one label is required", param="labels")
-    for index, label in enumerate(labels):
-        check_text(label, param=f"labels[{index}]")
-    template_list = [DEFAULT_TEMPLATE] if templates is None else (
-        [templates] if isinstance(templates, str) else list(templates)
-    )
-    if not template_list:
-        raise EmptyInputError("at least one template is required", param="hypothesis_template")
-    for index, template in enumerate(template_list):
-        param = f"hypothesis_template[{index}]" if len(template_list) > 1 else "hypothesis_template"
-        if not isinstance(template, str) or template.count("{}") != 1:
-            raise InvalidTemplateError(f"template {template!r} must contain exactly one '{{}}' placeholder",
-                                       param=param)
-        check_text(template, param=param)
-    return [[template.replace("{}", label) for label in labels] for template in template_list]
+__all__ = ["DEFAULT_TEMPLATE", "Model", "ModelInfo", "load"]
 
 
 class Model:
     """A loaded SigLIP-family checkpoint with its preprocessing, tokenizer and scoring."""
 
-    def __init__(self, checkpoint: Checkpoint, *, max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 32,
-                 jpeg_draft: bool = False):
+    def __init__(self, checkpoint: Checkpoint, *, max_pixels: int = default("max_image_pixels"),
+                 batch_size: int = default("max_batch_size"), jpeg_draft: bool = False):
         self.checkpoint = checkpoint
         self.max_pixels = max_pixels
         self.batch_size = batch_size
@@ -107,8 +59,14 @@ class Model:
             patch_size=c.patch_size,
             embed_dim=c.embed_dim,
             text_length=c.tokenizer.length,
+            tokens_per_image=c.towers.tokens_per_image,
+            device=str(c.towers.device),
             max_num_patches=getattr(c.image_transform, "max_num_patches", None),
         )
+
+    @property
+    def temperature(self) -> Temperature:
+        return self.checkpoint.towers.temperature
 
     def compile(self, *, backend: str | Callable[..., Any] = "inductor") -> None:
         """torch.compile the towers for batches of up to `batch_size` and compile every bucket now
@@ -120,10 +78,19 @@ class Model:
 
     # --- per-item preparation (CPU; the server runs these in a worker pool) ---
 
-    def prepare_image(self, source: ImageSource) -> Any:
-        """Decode and preprocess one image: a [3, H, W] float32 array (NaFlex: patches and shape)."""
-        image = load_image(source, max_pixels=self.max_pixels, draft_size=self.draft_size)
-        return self.checkpoint.image_transform(image)
+    def prepare_image(self, source: ImageSource, *, budget: PixelBudget | None = None) -> Any:
+        """Decode and preprocess one image: a [3, H, W] float32 array (NaFlex: patches and shape).
+
+        With a `budget`, the decoded pixels are counted against it until they are model input.
+        """
+        return prepare_image(source, self.checkpoint.image_transform, max_pixels=self.max_pixels,
+                             draft_size=self.draft_size, budget=budget)
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
+        """Fixed-length token ids of each text, with its real token count (one encode per text)."""
+        tokenizer = self.checkpoint.tokenizer
+        return [TokenizedText(torch.tensor(ids, dtype=torch.long), count)
+                for ids, count in map(tokenizer.ids_and_count, texts)]
 
     def prepare_images(self, images: Sequence[ImageSource]) -> list[Any]:
         images = as_list(images)
@@ -139,12 +106,18 @@ class Model:
 
     # --- embeddings ---
 
+    def encode_image_batch(self, prepared: Sequence[Any]) -> torch.Tensor:
+        """Raw embeddings of preprocessed images, as one forward (the engine sizes its batches)."""
+        return self.checkpoint.towers.encode_prepared(prepared)
+
+    def encode_text_batch(self, ids: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Raw embeddings of tokenized texts (`tokenize(...)[i].ids`), as one forward."""
+        return self.checkpoint.towers.encode_texts(torch.stack(list(ids)))
+
     def encode_prepared_images(self, prepared: Sequence[Any]) -> torch.Tensor:
         """Raw (unnormalized) embeddings of preprocessed images, in chunks of `batch_size`."""
-        towers = self.checkpoint.towers
-        return torch.cat([
-            towers.encode_prepared(prepared[i : i + self.batch_size]) for i in range(0, len(prepared), self.batch_size)
-        ])
+        return torch.cat([self.encode_image_batch(prepared[i : i + self.batch_size])
+                          for i in range(0, len(prepared), self.batch_size)])
 
     def embed_images(self, images: Sequence[ImageSource], *, normalize: bool = True) -> torch.Tensor:
         """[N, D] float32 embeddings of paths, bytes or PIL images; L2-normalized unless asked."""
@@ -212,7 +185,7 @@ class Model:
     ) -> list[list[tuple[str, float]]]:
         """`classify` on embeddings already computed (the server and CLI reuse label embeddings)."""
         probs = probabilities(self.logits(image_embeds, label_embeds), check_classify_options(normalization, top_k))
-        return [ranked(list(labels), row, top_k) for row in probs]
+        return [ranked_labels(list(labels), row, top_k) for row in probs]
 
 
 def quiet_transformers() -> None:
@@ -228,14 +201,14 @@ def load(
     *,
     device: str = "auto",
     dtype: str = "auto",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    batch_size: int = 32,
+    max_pixels: int = default("max_image_pixels"),
+    batch_size: int = default("max_batch_size"),
     jpeg_draft: bool = False,
 ) -> Model:
     """Load a checkpoint from a local directory or a Hugging Face hub id.
 
-    ``device="auto"`` uses CUDA when present, else the CPU; ``dtype="auto"`` is bfloat16 on CPUs with
-    native bf16 (measured safe, 2x faster) and float32 elsewhere; ``"float32"`` gives reference numerics.
+    ``device="auto"`` uses CUDA when present, else the CPU; ``dtype="auto"`` follows
+    `siglip_serve.models.device_policy`; ``"float32"`` gives reference numerics.
     ``jpeg_draft=True`` decodes large JPEGs at reduced scale (faster, slightly different pixels).
     """
     return Model(load_checkpoint(spec, device=device, dtype=dtype), max_pixels=max_pixels, batch_size=batch_size,

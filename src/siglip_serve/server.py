@@ -42,13 +42,25 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from siglip_serve.api.app import create_app
+    from siglip_serve.api.connections import ConnectionGuard
+    from siglip_serve.http_protocol import guarded_h11_protocol, max_head_bytes
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = build_engine(settings)  # load before binding the port: a bad checkpoint fails fast
-    app = create_app(settings, engine)
+    app = ConnectionGuard.from_settings(create_app(settings, engine), settings)
     # After its graceful shutdown uvicorn restores the previous SIGTERM handler and re-raises the
     # signal; with the default handler the process would die with 143 instead of exiting 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=settings.request_timeout_s)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.request_timeout_s,
+        # Always h11 (uvicorn would pick httptools when importable): the connection limits hook into it.
+        http=guarded_h11_protocol(header_timeout_s=settings.header_timeout_s, max_url_bytes=settings.max_url_bytes),
+        h11_max_incomplete_event_size=max_head_bytes(settings.max_header_bytes, settings.max_url_bytes),
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float is fine: call_later
+        limit_concurrency=settings.max_connections,
+        # Connections the kernel queues before uvicorn accepts them; past max_connections they would only
+        # be answered 503, so queue about that many (uvicorn's default of 2048 as the ceiling).
+        backlog=min(2048, max(128, settings.max_connections)),
+    )
     return 0

@@ -49,7 +49,9 @@ def main_server(siglip1_dir: Path, siglip2_dir: Path, tmp_path_factory: pytest.T
     """Two models, loopback URLs allowed, small limits."""
     args = ["--allow-private-urls", "--max-inputs", str(MAX_INPUTS), "--max-labels", str(MAX_LABELS),
             "--max-documents", str(MAX_DOCUMENTS), "--max-request-bytes", str(MAX_REQUEST_BYTES),
-            "--max-image-pixels", str(MAX_IMAGE_PIXELS)]
+            "--max-image-pixels", str(MAX_IMAGE_PIXELS),
+            # The body-limit tests send one text as large as the body allows.
+            "--max-text-chars", str(MAX_REQUEST_BYTES)]
     log = tmp_path_factory.mktemp("logs") / "main.log"
     with live_server({"tiny": siglip1_dir, "tiny2": siglip2_dir}, args, log) as server:
         yield server

@@ -221,7 +221,8 @@ def batch_histogram(url: str, headers: dict[str, str] | None = None) -> dict[str
         if family.name != "siglip_batch_size":
             continue
         for sample in family.samples:
-            entry = out.setdefault(sample.labels["batcher"], {"count": 0.0, "sum": 0.0, "le1": 0.0})
+            batcher = f"{sample.labels['model']}/{sample.labels['tower']}"
+            entry = out.setdefault(batcher, {"count": 0.0, "sum": 0.0, "le1": 0.0})
             if sample.name.endswith("_count"):
                 entry["count"] = sample.value
             elif sample.name.endswith("_sum"):

@@ -20,7 +20,7 @@ TEXTS = ["a cat", "two dogs on the beach", "a red car near the river", "a tree a
 @pytest.fixture(scope="module")
 def batching_server(siglip1_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     # No label cache: every text of every request goes through the text tower's batcher.
-    args = ["--max-wait-ms", "50", "--max-batch-size", "16", "--label-cache-size", "0"]
+    args = ["--max-wait-ms", "50", "--max-batch-size", "16", "--label-cache-bytes", "0"]
     with live_server({"tiny": siglip1_dir}, args, tmp_path_factory.mktemp("logs") / "batching.log") as server:
         yield server
 

@@ -58,8 +58,8 @@ def test_a_model_error_fails_only_its_batch(siglip1_dir, lib_tiny):
     batches: list[list[str]] = []
 
     def poison(engine: Engine) -> None:
-        model = engine.models["tiny"].model
-        original = model.encode_prepared_images
+        model = engine.models["tiny"].backend
+        original = model.encode_image_batch
 
         def encode(pixels):
             names = []
@@ -71,7 +71,7 @@ def test_a_model_error_fails_only_its_batch(siglip1_dir, lib_tiny):
                 raise RuntimeError("poisoned input in this batch")
             return original(pixels)
 
-        model.encode_prepared_images = encode
+        model.encode_image_batch = encode
 
     async def test(client: httpx.AsyncClient, engine: Engine) -> None:
         # Batches of 3 that wait up to 2 s to fill: the 6 requests make exactly two batches.

@@ -54,7 +54,7 @@ class FakeModel:
 
 
 def make(model: Any, **config: Any) -> DynamicBatcher[int, int]:
-    return DynamicBatcher(model, BatcherConfig(name="test/image", **config))
+    return DynamicBatcher(model, BatcherConfig(model="test", tower="image", **config))
 
 
 async def wait_depth(batcher: DynamicBatcher[int, int], depth: int) -> None:
@@ -112,8 +112,8 @@ def test_batchers_sharing_a_worker_form_their_batch_when_their_turn_comes() -> N
 
     async def main() -> None:
         worker = ModelWorker("test-device")
-        image_batcher = DynamicBatcher(images, BatcherConfig(name="m/image"), worker=worker)
-        text_batcher = DynamicBatcher(texts, BatcherConfig(name="m/text"), worker=worker)
+        image_batcher = DynamicBatcher(images, BatcherConfig(model="m", tower="image"), worker=worker)
+        text_batcher = DynamicBatcher(texts, BatcherConfig(model="m", tower="text"), worker=worker)
         await image_batcher.start()
         await text_batcher.start()
         images.gate.clear()
@@ -138,9 +138,9 @@ def test_a_batcher_waiting_for_company_leaves_the_device_to_others() -> None:
 
     async def main() -> None:
         worker = ModelWorker("test-device")
-        image_batcher = DynamicBatcher(images, BatcherConfig(name="m/image", max_batch_size=4, max_wait_ms=2000),
-                                       worker=worker)
-        text_batcher = DynamicBatcher(texts, BatcherConfig(name="m/text", max_batch_size=4), worker=worker)
+        image_batcher = DynamicBatcher(images, BatcherConfig(model="m", tower="image", max_batch_size=4,
+                                                             max_wait_ms=2000), worker=worker)
+        text_batcher = DynamicBatcher(texts, BatcherConfig(model="m", tower="text", max_batch_size=4), worker=worker)
         await image_batcher.start()
         await text_batcher.start()
         lone = asyncio.ensure_future(image_batcher.submit([1]))  # waits up to 2 s for 3 more
@@ -309,17 +309,17 @@ def test_observer_sees_batches_and_its_errors_are_swallowed() -> None:
             self.sizes: list[int] = []
             self.waits = 0
 
-        def on_batch(self, name: str, size: int, run_seconds: float) -> None:
-            assert name == "test/image" and run_seconds >= 0
+        def on_batch(self, model: str, tower: str, size: int, run_seconds: float) -> None:
+            assert (model, tower) == ("test", "image") and run_seconds >= 0
             self.sizes.append(size)
             raise RuntimeError("metrics backend down")
 
-        def on_queue_wait(self, name: str, seconds: float) -> None:
+        def on_queue_wait(self, model: str, tower: str, seconds: float) -> None:
             self.waits += 1
 
     async def main() -> None:
         observer = Recording()
-        config = BatcherConfig(max_batch_size=4, name="test/image")
+        config = BatcherConfig(max_batch_size=4, model="test", tower="image")
         batcher = DynamicBatcher(FakeModel(), config, observer=observer)
         await batcher.start()
         assert await batcher.submit(list(range(6))) == [0, 2, 4, 6, 8, 10]

@@ -3,8 +3,13 @@ plus one real run of the installed console script."""
 
 from __future__ import annotations
 
+import argparse
+import ast
+import dataclasses
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -13,7 +18,11 @@ from pathlib import Path
 import pytest
 from sample_images import encode, photo_like
 
-from siglip_serve.cli import main
+from siglip_serve.cli import build_parser, main
+from siglip_serve.demo import demo_model_dir
+from siglip_serve.training import cli as training_cli
+from siglip_serve.training.cli import add_train_arguments, from_args, options_from_args
+from siglip_serve.training.options import Architecture, ReportOptions, TrainOptions
 
 SEEDS = [
     "google/siglip-base-patch16-512",
@@ -123,14 +132,13 @@ def test_classify_table(capsys, siglip2_dir: Path, image_files: list[str]) -> No
         json.loads(out)
 
 
-def test_classify_table_with_top_k_zero_does_not_crash(capsys, siglip1_dir: Path, image_files: list[str]) -> None:
-    """--top-k 0 must give a clean answer or a clean usage error, not a Python traceback."""
-    try:
-        code, _, _ = run(capsys, "classify", image_files[0], "--labels", "cat,dog", "--model", str(siglip1_dir),
+def test_classify_with_top_k_zero_is_a_clean_error(capsys, siglip1_dir: Path, image_files: list[str]) -> None:
+    """--top-k 0 is refused by the library's check (as the API refuses top_k=0), not with a traceback."""
+    code, out, err = run(capsys, "classify", image_files[0], "--labels", "cat,dog", "--model", str(siglip1_dir),
                          "--top-k", "0")
-    except SystemExit as exc:  # argparse rejecting the value is fine too
-        code = exc.code
-    assert code in (0, 2)
+    assert code == 2
+    assert err == "error: top_k: top_k must be a positive integer, got 0\n"
+    assert out == ""
 
 
 def test_a_bad_image_fails_only_its_own_line(capsys, siglip1_dir: Path, image_files: list[str],
@@ -247,6 +255,146 @@ def test_train_subcommand_trains_and_saves_a_loadable_checkpoint(tmp_path: Path,
     assert siglip_serve.load(str(out), device="cpu", dtype="float32").info.image_size == 32
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+DEMO_COMMAND = "siglip-serve train --out src/siglip_serve/demo/siglip-demo-shapes --bf16 --threads 2 --seed 0"
+# Every flag `siglip-serve train` had before its flags were generated from the option fields.
+TRAIN_FLAGS = (
+    "--out", "--data", "--init", "--from-scratch", "--pool-size", "--no-label-bank", "--steps", "--batch-size", "--lr",
+    "--weight-decay", "--temperature-lr-scale", "--warmup-steps", "--seed", "--threads", "--device", "--bf16",
+    "--save-dtype", "--eval-images", "--no-progress", "--image-size", "--patch-size", "--vision-width",
+    "--vision-layers", "--text-width", "--text-layers", "--head-dim", "--text-length", "--vocab-size", "--hidden-act",
+)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="siglip-serve train")
+    add_train_arguments(parser)
+    return parser
+
+
+def option_fields() -> list[dataclasses.Field]:
+    return [f for cls in (TrainOptions, Architecture, ReportOptions) for f in dataclasses.fields(cls)
+            if f.name != "architecture"]
+
+
+def help_entries(text: str) -> dict[str, tuple[str, str]]:
+    """--help output as {first flag: (invocation, help)}; argparse puts a long invocation's help on the next line."""
+    entries: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            invocation, _, described = line.strip().partition("  ")
+            current = entries[invocation.split()[0].rstrip(",")] = [invocation, described.strip()]
+        elif line.startswith("   ") and current is not None:
+            current[1] = f"{current[1]} {line.strip()}".strip()
+        else:
+            current = None
+    return {flag: (invocation, described) for flag, (invocation, described) in entries.items()}
+
+
+def test_every_train_option_has_a_flag_with_help_and_its_default(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # no help is wrapped
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    entries = help_entries(capsys.readouterr().out)
+    fields = option_fields()
+    assert len(fields) == 29  # 18 TrainOptions fields besides the architecture, 10 Architecture, 1 ReportOptions
+    for field in fields:
+        invocation, described = entries["--" + field.name.replace("_", "-")]
+        if field.default is dataclasses.MISSING:
+            assert described.endswith("(required)"), invocation
+            note = "(required)"
+        elif field.default is None:  # says what None does, never "None"
+            note = f"[default: {field.metadata['none_means']}]"
+            assert described.endswith(note) and "None" not in described, invocation
+        else:
+            note = f"[default: {field.default}]"
+            assert described.endswith(note), invocation
+        assert len(described.removesuffix(note).strip()) > 10, invocation  # real help besides the default
+    # A few spelled out rather than computed from the fields.
+    assert entries["--lr"][1].endswith(" [default: 0.001]")
+    assert entries["--pool-size"][1].endswith(" [default: 40000]")
+    assert entries["--threads"] == ("--threads THREADS", "torch threads. [default: torch's choice]")
+    assert entries["--out"] == ("--out OUT", "Directory to write the checkpoint to. (required)")
+    assert entries["--label-bank"][0] == "--label-bank, --no-label-bank"
+    assert entries["--progress"][0] == "--progress, --no-progress"
+    assert entries["--bf16"][0] == "--bf16, --no-bf16"
+    assert entries["--bf16"][1].endswith("stay float32. [default: False]")
+    assert entries["--hidden-act"][0] == "--hidden-act {gelu,gelu_pytorch_tanh}"
+    assert entries["--save-dtype"][0] == "--save-dtype {float32,float16}"
+    assert entries["--init"][0] == "--init SPEC"
+    assert "--init" in entries["--from-scratch"][1]
+
+
+def test_every_existing_train_flag_spelling_still_parses() -> None:
+    parser = train_parser()
+    argv = [
+        "--out", "o", "--data", "d.jsonl", "--init", "google/x", "--pool-size", "96", "--no-label-bank",
+        "--steps", "7", "--batch-size", "16", "--lr", "2e-4", "--weight-decay", "0.5", "--temperature-lr-scale", "3",
+        "--warmup-steps", "2", "--seed", "5", "--threads", "3", "--device", "cpu", "--bf16", "--save-dtype", "float16",
+        "--eval-images", "0", "--no-progress", "--image-size", "32", "--patch-size", "8", "--vision-width", "48",
+        "--vision-layers", "1", "--text-width", "24", "--text-layers", "3", "--head-dim", "8", "--text-length", "16",
+        "--vocab-size", "100", "--hidden-act", "gelu",
+    ]
+    assert {a for a in argv if a.startswith("--")} | {"--from-scratch"} == set(TRAIN_FLAGS)  # parsed here or below
+    args = parser.parse_args(argv)
+    assert options_from_args(args) == TrainOptions(
+        out=Path("o"), steps=7, batch_size=16, lr=2e-4, weight_decay=0.5, warmup_steps=2, grad_clip=1.0, seed=5,
+        data=Path("d.jsonl"), pool_size=96, label_bank=False, temperature_lr_scale=3.0, init="google/x",
+        architecture=Architecture(image_size=32, patch_size=8, vision_width=48, vision_layers=1, text_width=24,
+                                  text_layers=3, head_dim=8, text_length=16, vocab_size=100, hidden_act="gelu"),
+        save_dtype="float16", threads=3, device="cpu", bf16=True, progress=False,
+    )
+    assert from_args(ReportOptions, args) == ReportOptions(eval_images=0)
+    assert options_from_args(parser.parse_args(["--out", "o", "--from-scratch", "--grad-clip", "0.5"])).init is None
+    assert options_from_args(parser.parse_args(["--out", "o", "--grad-clip", "0.5"])).grad_clip == 0.5
+
+
+@pytest.mark.parametrize("argv", [["--out", "o", "--init", "x", "--from-scratch"], ["--steps", "3"],
+                                  ["--out", "o", "--save-dtype", "bfloat16"], ["--out", "o", "--hidden-act", "relu"],
+                                  ["--out", "o", "--steps", "many"]])
+def test_bad_train_flags_are_usage_errors(capsys, argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        train_parser().parse_args(argv)
+    assert info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_the_readme_command_gives_the_shipped_demo_options() -> None:
+    assert DEMO_COMMAND in README.read_text()
+    args = build_parser().parse_args(shlex.split(DEMO_COMMAND)[1:])
+    expected = TrainOptions(
+        out=Path("src/siglip_serve/demo/siglip-demo-shapes"), steps=6300, batch_size=128, lr=1e-3, weight_decay=1e-4,
+        warmup_steps=300, grad_clip=1.0, seed=0, data=None, pool_size=40_000, label_bank=True,
+        temperature_lr_scale=None, init=None,
+        architecture=Architecture(image_size=64, patch_size=16, vision_width=128, vision_layers=4, text_width=32,
+                                  text_layers=2, head_dim=64, text_length=64, vocab_size=256,
+                                  hidden_act="gelu_pytorch_tanh"),
+        save_dtype="float32", threads=2, device="auto", bf16=True, progress=True,
+    )
+    assert options_from_args(args) == expected
+    assert from_args(ReportOptions, args) == ReportOptions(eval_images=240)
+    # The shipped model's record: made by this command, with these options (training.json omits `progress`).
+    record = json.loads((demo_model_dir() / "training.json").read_text())
+    assert record["command"] == DEMO_COMMAND
+    recorded = {**dataclasses.asdict(expected), "out": str(expected.out)}
+    del recorded["progress"]
+    assert record["options"] == recorded
+
+
+def test_no_train_flag_default_or_choice_is_written_in_the_cli_module() -> None:
+    """Defaults and choices live on the option fields only; cli.py must not repeat any."""
+    source = Path(training_cli.__file__).read_text()
+    calls = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)]
+    keywords = [k for call in calls for k in call.keywords if k.arg in ("default", "choices")]
+    assert keywords  # the flags are declared in this module
+    for keyword in keywords:
+        assert not isinstance(keyword.value, ast.Constant | ast.Tuple | ast.List | ast.Set | ast.UnaryOp), \
+            f"literal {keyword.arg}= on line {keyword.lineno}: {ast.unparse(keyword.value)}"
+    assert not re.search(r"default\s*=\s*[-\d\"']", source)  # the plain-text check, for what the AST walk misses
+
+
 def test_no_command_is_a_usage_error(capsys) -> None:
     with pytest.raises(SystemExit) as info:
         main([])
@@ -279,8 +427,12 @@ def test_listing_models_and_asking_for_help_do_not_import_torch() -> None:
             "from siglip_serve.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    assert main(['models', '--json']) == 0\n"
-            "    with contextlib.suppress(SystemExit):\n"
+            "    try:\n"
             "        main(['train', '--help'])\n"
+            "    except SystemExit as exc:\n"
+            "        assert exc.code == 0, exc.code\n"
+            "    else:\n"
+            "        raise AssertionError('--help returned instead of exiting')\n"
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -10,15 +10,17 @@ as the server runs it (`--dtype auto`). Drawing and scoring 960 images takes a f
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
-import torch
+from PIL import Image, ImageDraw
 
 import siglip_serve
 from siglip_serve.demo import DEMO_MODEL_NAME, demo_model_dir
 from siglip_serve.model import Model
 from siglip_serve.training.evaluate import held_out, one_per_combo, rerank_recall_at_1, zero_shot_accuracy
-from siglip_serve.training.shapes import make_sample
+from siglip_serve.training.shapes import COLORS, COMBOS, draw_shape, make_sample
 
 TEST_SEED = 2_000_029
 MAX_BYTES = 10_000_000
@@ -28,6 +30,11 @@ HELD_OUT_IMAGES = 960  # 20 of each color-shape combination
 @pytest.fixture(scope="module")
 def model() -> Model:
     return siglip_serve.load(str(demo_model_dir()), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def float32_model() -> Model:
+    return siglip_serve.load(DEMO_MODEL_NAME, device="cpu", dtype="float32")
 
 
 def test_the_demo_name_loads_the_shipped_checkpoint() -> None:
@@ -84,6 +91,22 @@ def test_shipped_weights_record_how_they_were_trained() -> None:
     assert record["options"]["seed"] == 0 and record["options"]["data"] is None
 
 
-def test_scores_are_finite(model: Model) -> None:
-    scores = model.score([make_sample(TEST_SEED, 0).image], ["a red circle", "dog"])
-    assert torch.isfinite(scores).all()
+def drawn(color: str, shape: str) -> Image.Image:
+    """The shape in its base color, centered and axis-aligned on a plain light-gray background."""
+    image = Image.new("RGB", (96, 96), (235, 235, 235))
+    draw_shape(ImageDraw.Draw(image), shape, np.array([48.0, 48.0]), 32.0, math.pi / 4, COLORS[color])
+    return image
+
+
+@pytest.mark.parametrize(("color", "shape"), [("red", "circle"), ("blue", "square")])
+def test_float32_classifies_a_drawn_shape_among_the_48_labels(float32_model: Model, color: str, shape: str) -> None:
+    labels = [f"{c} {s}" for c, s in COMBOS]
+    assert len(labels) == 48
+    right = f"{color} {shape}"
+    ranked = float32_model.classify([drawn(color, shape)], labels)[0]
+    assert ranked[0][0] == right
+    probabilities = dict(ranked)
+    assert sorted(probabilities) == sorted(labels)
+    assert probabilities[right] > 0.5
+    # Sigmoid probabilities are independent per label (a wrong one may pass 0.5 too): each must be below the right one.
+    assert all(probabilities[label] < probabilities[right] for label in labels if label != right)

@@ -1,7 +1,10 @@
-"""dtype plumbing: auto is bfloat16 only on CPUs with native bf16, bfloat16 stays close, bad names are refused."""
+"""The device/dtype policy (models/device_policy.py): auto is bfloat16 only on CPUs whose /proc/cpuinfo
+names native bf16, CUDA only when torch sees it; named dtypes are used as given; bfloat16 stays close
+to float32; bad names are refused."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,21 +13,98 @@ from sample_images import sample_images
 
 import siglip_serve
 from siglip_serve.errors import InvalidParameterError
-from siglip_serve.models import towers
-from siglip_serve.models.towers import resolve_dtype
+from siglip_serve.models import device_policy
+from siglip_serve.models.device_policy import cpu_has_native_bf16, resolve_device, resolve_dtype
+
+# Abbreviated /proc/cpuinfo of real CPUs: an Ice Lake server (AVX-512, no bf16) and a Sapphire Rapids (bf16 + AMX).
+ICE_LAKE = ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8375C\n"
+            "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni avx512_bitalg\n\n")
+SAPPHIRE_RAPIDS = ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\n"
+                   "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_tile\n\n")
+ZEN4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\n"
+AMX_ONLY = "processor\t: 0\nflags\t\t: fpu amx_bf16 amx_tile\n\n"
+NEAR_MISS = "processor\t: 0\nflags\t\t: fpu avx512_bf16x bf16 amx_int8\n\n"  # no exact native-bf16 flag
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_auto_is_bfloat16_only_on_cpus_with_native_bf16(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
-    monkeypatch.setattr(towers, "cpu_has_native_bf16", lambda: native)
-    assert resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if native else torch.float32)
+@pytest.fixture
+def cpuinfo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """A fake /proc/cpuinfo for the policy to read; the cached answer is dropped before and after."""
+    path = tmp_path / "cpuinfo"
+    monkeypatch.setattr(device_policy, "CPUINFO", path)
+    cpu_has_native_bf16.cache_clear()
+    yield path
+    cpu_has_native_bf16.cache_clear()  # the next reader sees the real CPU again
+
+
+@pytest.mark.parametrize(("text", "native"), [(ICE_LAKE, False), (SAPPHIRE_RAPIDS, True), (ZEN4, True),
+                                              (AMX_ONLY, True), (NEAR_MISS, False), ("", False)])
+def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo: Path, text: str, native: bool) -> None:
+    cpuinfo.write_text(text)
+    assert cpu_has_native_bf16() is native
+
+
+def test_no_cpuinfo_means_no_native_bf16(cpuinfo: Path) -> None:
+    assert not cpuinfo.exists()
+    assert cpu_has_native_bf16() is False
+
+
+def test_auto_is_bfloat16_on_a_cpu_with_native_bf16(cpuinfo: Path) -> None:
+    cpuinfo.write_text(SAPPHIRE_RAPIDS)
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
     assert resolve_dtype("auto", torch.device("cuda")) == torch.float32  # GPU numerics not measured yet
-    assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda", 1)) == torch.float32
 
 
-def test_native_bf16_is_read_from_the_cpu_flags() -> None:
-    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else []
-    assert towers.cpu_has_native_bf16() == any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+def test_auto_is_float32_on_a_cpu_without_native_bf16(cpuinfo: Path) -> None:
+    cpuinfo.write_text(ICE_LAKE)
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float32
+
+
+@pytest.mark.parametrize(("name", "dtype"), [
+    ("float32", torch.float32), ("fp32", torch.float32),
+    ("float16", torch.float16), ("fp16", torch.float16), ("half", torch.float16),
+    ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16),
+])
+@pytest.mark.parametrize("cpu", [ICE_LAKE, SAPPHIRE_RAPIDS])
+def test_named_dtypes_are_used_as_given_on_any_device(cpuinfo: Path, cpu: str, name: str,
+                                                      dtype: torch.dtype) -> None:
+    cpuinfo.write_text(cpu)
+    assert resolve_dtype(name, torch.device("cpu")) == dtype
+    assert resolve_dtype(name, torch.device("cuda")) == dtype
+
+
+@pytest.mark.parametrize("name", ["float8", "FP32", "", "int8", "torch.float32"])
+def test_unknown_dtype_names_are_refused_with_the_choices(name: str) -> None:
+    with pytest.raises(InvalidParameterError) as info:
+        resolve_dtype(name, torch.device("cpu"))
+    assert info.value.param == "dtype"
+    assert str(info.value) == (f"dtype: unknown dtype {name!r}; choose one of auto, "
+                               "float32, fp32, float16, fp16, half, bfloat16, bf16")
+
+
+@pytest.mark.parametrize(("cuda", "expected"), [(True, torch.device("cuda")), (False, torch.device("cpu"))])
+def test_auto_device_is_cuda_only_when_torch_sees_it(monkeypatch: pytest.MonkeyPatch, cuda: bool,
+                                                     expected: torch.device) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert resolve_device("auto") == expected
+
+
+@pytest.mark.parametrize(("name", "expected"), [("cpu", torch.device("cpu")), ("cuda", torch.device("cuda")),
+                                                ("cuda:1", torch.device("cuda", 1))])
+def test_named_devices_are_used_as_given(monkeypatch: pytest.MonkeyPatch, name: str,
+                                         expected: torch.device) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a name is not second-guessed
+    assert resolve_device(name) == expected
+
+
+@pytest.mark.parametrize(("cpu", "dtype"), [(SAPPHIRE_RAPIDS, torch.bfloat16), (ICE_LAKE, torch.float32)])
+def test_loading_with_auto_follows_the_policy(cpuinfo: Path, siglip1_dir: Path, cpu: str,
+                                              dtype: torch.dtype) -> None:
+    cpuinfo.write_text(cpu)
+    model = siglip_serve.load(str(siglip1_dir), device="cpu")
+    assert model.checkpoint.towers.dtype == dtype
+    assert next(model.checkpoint.towers.module.parameters()).dtype == dtype
 
 
 def test_bfloat16_is_close_to_float32(siglip1_dir: Path) -> None:

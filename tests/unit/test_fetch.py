@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import gzip
+import importlib.util
 import io
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import tracemalloc
+import zlib
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -40,6 +45,32 @@ def _png() -> bytes:
 
 
 PNG = _png()
+BOMB_INFLATED_BYTES = 64 * 1024 * 1024
+
+
+@functools.cache
+def _stacked_gzip_bomb() -> bytes:
+    """gzip(gzip(64 MiB of zeros)): a few hundred bytes that a client undoing both codings would
+    inflate to 64 MiB, the inner layer all at once from one received chunk."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip stream
+    zeros = b"\0" * (1024 * 1024)
+    inner = b"".join(compressor.compress(zeros) for _ in range(BOMB_INFLATED_BYTES // len(zeros)))
+    inner += compressor.flush()
+    return gzip.compress(inner, compresslevel=9)
+
+
+def _coded_body(coding: str) -> bytes:
+    if coding == "gzip":
+        return gzip.compress(PNG)
+    if coding == "deflate":  # RFC 9110 §8.4.1.2: a zlib stream
+        return zlib.compress(PNG)
+    if coding == "br":
+        import brotli
+
+        return brotli.compress(PNG)
+    if coding == "gzip, gzip":
+        return _stacked_gzip_bomb()
+    return PNG  # identity, or a coding nobody implements: the bytes are never decoded anyway
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -53,6 +84,8 @@ class _Handler(BaseHTTPRequestHandler):
         }.get(self.path)
         if route is not None:
             route()
+        elif self.path.startswith("/coded/"):
+            self._coded(self.path.removeprefix("/coded/").replace("+", " "))
         elif self.path.startswith("/hops/"):
             remaining = int(self.path.removeprefix("/hops/"))
             self._redirect(f"/hops/{remaining - 1}" if remaining else "/image.png")
@@ -65,6 +98,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(PNG)))
         self.end_headers()
         self.wfile.write(PNG)
+
+    def _coded(self, coding: str) -> None:
+        body = _coded_body(coding)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Encoding", coding)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _redirect(self, location: str) -> None:
         self.send_response(302)
@@ -206,6 +248,84 @@ def test_timeout(server: str) -> None:
     assert time.monotonic() - started < 1.5
     assert f"{server}/slow" in message
     assert "timed out after 0.5s" in message
+
+
+class _CountingStream(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream, counter: _CountingTransport) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            self._counter.received += len(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _CountingTransport(httpx.AsyncBaseTransport):
+    """A real loopback transport that counts the raw body bytes the client pulled off the wire."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.received = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(response.status_code, headers=response.headers,
+                              stream=_CountingStream(response.stream, self), extensions=response.extensions)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _coded_fetch_error(url: str) -> tuple[str, int, int]:
+    """The error for `url`, the raw body bytes the client received and the peak of Python
+    allocations (zlib's output buffers included) during the fetch."""
+    transport = _CountingTransport()
+
+    async def go() -> str:
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(ImageFetchError) as info:
+                await read_image_reference(url, policy=LOCAL, client=client)
+        return str(info.value)
+
+    tracemalloc.start()
+    try:
+        message = asyncio.run(go())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return message, transport.received, peak
+
+
+_BROTLI = pytest.mark.skipif(importlib.util.find_spec("brotli") is None, reason="brotli is not installed")
+
+
+@pytest.mark.parametrize(
+    "coding", ["gzip", "deflate", pytest.param("br", marks=_BROTLI), "gzip, gzip", "x-custom", "GZIP"]
+)
+def test_compressed_response_refused_unread(server: str, coding: str) -> None:
+    url = f"{server}/coded/{coding.replace(' ', '+')}"
+    message, received, peak = _coded_fetch_error(url)
+    assert url in message
+    assert f"Content-Encoding {coding.lower()!r}" in message
+    assert received <= len(_coded_body(coding))  # refused from the headers; the body is at most a few KB
+    assert peak < 8 * 1024 * 1024, peak  # nothing inflated (the bomb would be 64 MiB)
+
+
+def test_stacked_gzip_bomb_is_tiny_and_would_inflate() -> None:
+    """The premise of the bomb case: a few hundred bytes on the wire, 64 MiB once both codings are undone."""
+    body = _stacked_gzip_bomb()
+    assert len(body) < 2048
+    assert len(gzip.decompress(gzip.decompress(body))) == BOMB_INFLATED_BYTES
+
+
+@pytest.mark.parametrize("coding", ["identity", "Identity"])
+def test_identity_content_encoding_accepted(server: str, coding: str) -> None:
+    assert _fetch(f"{server}/coded/{coding}") == PNG
 
 
 def test_http_error_status(server: str) -> None:

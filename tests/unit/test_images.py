@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,8 @@ from sample_images import encode, photo_like
 
 import siglip_serve
 from siglip_serve.errors import EmptyImageError, ImageTooLargeError, InvalidImageError, SiglipServeError
-from siglip_serve.preprocess.images import decode_image, load_image
+from siglip_serve.preprocess.images import ImageTransform, decode_image, load_image, prepare_image
+from siglip_serve.preprocess.pixel_budget import PixelBudget
 
 RED = (220, 20, 30)
 BLUE = (20, 40, 230)
@@ -41,6 +45,14 @@ def png_with_header_only(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
             + chunk(b"IEND", b""))
+
+
+def gif_with_header_only(screen: tuple[int, int], frame: tuple[int, int]) -> bytes:
+    """A GIF whose logical screen and first frame declare the given sizes, with one pixel of data."""
+    header = b"GIF89a" + struct.pack("<HHBBB", *screen, 0, 0, 0)  # no global colour table
+    descriptor = b"," + struct.pack("<HHHHB", 0, 0, *frame, 0x80)  # a local colour table of 2 entries
+    image_data = bytes([2, 2, 0x4C, 0x01, 0]) + b";"  # LZW: clear, index 0, end
+    return header + descriptor + b"\0\0\0\xff\xff\xff" + image_data
 
 
 # --- formats -----------------------------------------------------------------------------------
@@ -222,6 +234,27 @@ def test_decompression_bomb_is_too_large_not_invalid() -> None:
         decode_image(png_with_header_only(100_000, 100_000))  # 10 gigapixels declared in 60 bytes
 
 
+@pytest.mark.parametrize(
+    ("data", "declared"),
+    [
+        (png_with_header_only(100_000, 100_000), 10**10),
+        (gif_with_header_only((65_535, 65_535), (1, 1)), 65_535**2),
+        (gif_with_header_only((1, 1), (65_535, 65_535)), 65_535**2),  # the first frame grows the image
+    ],
+    ids=["png", "gif-screen", "gif-frame"],
+)
+def test_decompression_bomb_message_gives_the_configured_limit(data: bytes, declared: int) -> None:
+    """Pillow refuses these in Image.open (over twice its MAX_IMAGE_PIXELS), before our own check;
+    the message must still be ours, with the configured limit, not Pillow's."""
+    for call in (lambda: decode_image(data, max_pixels=40_000),
+                 lambda: prepare_image(data, np.asarray, max_pixels=40_000)):
+        with pytest.raises(ImageTooLargeError) as info:
+            call()
+        message = str(info.value)
+        assert message == f"image is {declared} pixels, over the limit of 40000 pixels"
+        assert str(2 * Image.MAX_IMAGE_PIXELS) not in message
+
+
 def test_configured_pixel_limit_above_pillows_default_is_honoured() -> None:
     """The caller's max_pixels is the limit: a 90-megapixel image under a 200-megapixel limit must
     not be refused as too large (Pillow's own bomb guard, 89.5 MP, must not override it). The
@@ -301,3 +334,171 @@ def test_prepared_image_is_squashed_to_the_model_size(model: siglip_serve.Model)
     black = model.prepare_image(Image.new("RGB", (10, 10), (0, 0, 0)))
     np.testing.assert_allclose(white, 1.0, atol=1e-6)  # 255/255 * 2 - 1
     np.testing.assert_allclose(black, -1.0, atol=1e-6)
+
+
+# --- prepare_image: decode, transform and the pixel budget ---------------------------------------
+
+TRANSFORM = ImageTransform(height=32, width=32, resample=Image.Resampling.BICUBIC)
+HANG_S = 30.0  # only turns a hang into a failure; no assertion depends on timing
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + HANG_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("kind", ["bytes", "path", "pil", "pil-lazy"])
+def test_prepare_image_equals_load_then_transform(kind: str, tmp_path: Path) -> None:
+    for name, image in {"photo": photo_like(97, 41, seed=1), "gray": photo_like(20, 30).convert("L"),
+                        "rgba": photo_like(40, 24).convert("RGBA")}.items():
+        data = encode(image, "PNG")
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(data)
+        source = {"bytes": data, "path": path, "pil": image, "pil-lazy": Image.open(io.BytesIO(data))}[kind]
+        expected = TRANSFORM(load_image(data))
+        np.testing.assert_array_equal(prepare_image(source, TRANSFORM), expected)
+        np.testing.assert_array_equal(prepare_image(source, TRANSFORM, budget=PixelBudget(10)), expected)
+
+
+def test_prepare_image_orients_and_leaves_the_callers_image_alone() -> None:
+    data = _jpeg_with_orientation(6)
+    for source in (data, Image.open(io.BytesIO(data))):
+        pixels = prepare_image(source, np.asarray)
+        assert pixels.shape == (40, 20, 3)  # stored 40x20, displayed 20 wide and 40 high
+        assert_close_colour(tuple(pixels[5, 10]), RED)
+        assert_close_colour(tuple(pixels[34, 10]), BLUE)
+    caller = Image.new("L", (40, 20), 77)
+    prepare_image(caller, np.asarray)
+    assert caller.mode == "L" and caller.size == (40, 20)  # neither converted nor closed
+    assert caller.getpixel((5, 5)) == 77
+
+
+def test_prepare_image_transform_may_return_the_image_itself() -> None:
+    image = prepare_image(encode(Image.new("RGB", (6, 4), GREEN), "PNG"), lambda rgb: rgb)
+    assert image.getpixel((5, 3)) == GREEN  # not closed under the caller
+
+
+def test_prepare_image_holds_the_pixels_until_transformed() -> None:
+    budget = PixelBudget(1_000_000)
+    seen: list[int] = []
+
+    def transform(rgb: Image.Image) -> np.ndarray:
+        seen.append(budget.in_use)
+        return TRANSFORM(rgb)
+
+    prepare_image(encode(photo_like(300, 200), "PNG"), transform, budget=budget)
+    assert seen == [60_000]
+    assert budget.in_use == 0 and budget.peak == 60_000
+
+
+def test_prepare_image_reserves_the_drafted_size() -> None:
+    """With a JPEG draft, the pixels that will be decoded (1/2 scale here: 1/4 would make the
+    height 192, under the draft size) are what is reserved."""
+    data = encode(photo_like(1024, 768), "JPEG", quality=90)
+    budget = PixelBudget(10**7)
+    assert prepare_image(data, np.asarray, draft_size=200, budget=budget).shape == (384, 512, 3)
+    assert budget.peak == 512 * 384
+    full = PixelBudget(10**7)
+    prepare_image(data, np.asarray, budget=full)
+    assert full.peak == 1024 * 768
+
+
+def test_concurrent_decodes_stay_within_the_budget() -> None:
+    """Six threads, a budget of two images: never more than two inside at once, and two do
+    run together (the barrier lets a thread on only when a second one is inside with it)."""
+    size = (16, 8)
+    budget = PixelBudget(2 * size[0] * size[1])
+    pair = threading.Barrier(2, timeout=HANG_S)
+    lock = threading.Lock()
+    inside, most_inside, in_use_seen = 0, 0, []
+
+    def slow_transform(rgb: Image.Image) -> np.ndarray:
+        nonlocal inside, most_inside
+        with lock:
+            inside += 1
+            most_inside = max(most_inside, inside)
+            in_use_seen.append(budget.in_use)
+        try:
+            pair.wait()  # a slow transform: it holds its pixels until a partner is decoded too
+            return TRANSFORM(rgb)
+        finally:
+            with lock:
+                inside -= 1
+
+    data = [encode(photo_like(*size, seed=seed), "PNG") for seed in range(6)]
+    results: list[np.ndarray | BaseException] = [None] * len(data)  # type: ignore[list-item]
+
+    def work(index: int) -> None:
+        try:
+            results[index] = prepare_image(data[index], slow_transform, budget=budget)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            results[index] = exc
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(data))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(HANG_S)
+    assert all(isinstance(result, np.ndarray) for result in results), results
+    assert most_inside == 2
+    assert max(in_use_seen) <= budget.capacity
+    assert budget.peak == budget.capacity and budget.in_use == 0
+
+
+def test_an_image_larger_than_the_budget_decodes_alone() -> None:
+    """Not refused by the budget (the per-image limit refuses): it waits until no other image
+    holds pixels, then runs with nothing else decoding, and later images wait for it."""
+    budget = PixelBudget(100)
+    gates = {size: threading.Event() for size in ((8, 8), (20, 20), (9, 7))}  # 64, 400 and 63 pixels
+    log: list[tuple[tuple[int, int], int]] = []
+
+    def gated(rgb: Image.Image) -> tuple[int, int]:
+        log.append((rgb.size, budget.in_use))
+        assert gates[rgb.size].wait(HANG_S)
+        return rgb.size
+
+    def start(size: tuple[int, int]) -> threading.Thread:
+        data = encode(Image.new("RGB", size, GREEN), "PNG")
+        thread = threading.Thread(target=prepare_image, args=(data, gated), kwargs={"budget": budget}, daemon=True)
+        thread.start()
+        return thread
+
+    threads = [start((8, 8))]
+    wait_until(lambda: len(log) == 1)
+    threads.append(start((20, 20)))
+    wait_until(lambda: budget.waiting == 1)
+    threads.append(start((9, 7)))  # would fit beside the first, but the big one came first
+    wait_until(lambda: budget.waiting == 2)
+    assert log == [((8, 8), 64)]
+    gates[(8, 8)].set()
+    wait_until(lambda: len(log) == 2)
+    assert log[1] == ((20, 20), 100)  # alone: the whole budget is its, and the last still waits
+    assert budget.waiting == 1
+    gates[(20, 20)].set()
+    gates[(9, 7)].set()
+    for thread in threads:
+        thread.join(HANG_S)
+    assert [entry[0] for entry in log] == [(8, 8), (20, 20), (9, 7)]
+    assert budget.in_use == 0 and budget.peak == 100
+
+
+def test_the_budget_is_released_after_an_exception() -> None:
+    budget = PixelBudget(100_000)
+
+    def failing(rgb: Image.Image) -> np.ndarray:
+        raise RuntimeError("transform failed")
+
+    with pytest.raises(RuntimeError, match="transform failed"):
+        prepare_image(encode(photo_like(30, 20), "PNG"), failing, budget=budget)
+    assert budget.in_use == 0 and budget.peak == 600
+
+    with pytest.raises(InvalidImageError):  # header fine, pixel data missing: fails while decoding
+        prepare_image(png_with_header_only(300, 300), TRANSFORM, budget=budget)
+    assert budget.in_use == 0 and budget.peak == 90_000
+
+    with pytest.raises(ImageTooLargeError):  # refused from the header, before any reservation
+        prepare_image(png_with_header_only(400, 400), TRANSFORM, max_pixels=100_000, budget=budget)
+    assert budget.in_use == 0 and budget.peak == 90_000

@@ -4,30 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from siglip_serve.api.errors import error_response, install_error_handlers
-from siglip_serve.api.routes import public, router
+from siglip_serve.api.errors import domain_error_response, install_error_handlers
+from siglip_serve.api.routes import router
+from siglip_serve.api.security import ApiKeyGate
 from siglip_serve.config import Settings
+from siglip_serve.errors import RequestTooLargeError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the HTTP layer never imports torch: the composition root (server.py) builds the engine
     from siglip_serve.engine.engine import Engine
     from siglip_serve.metrics import Metrics
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    """The app; without `engine`, the models in `settings` are loaded when the app starts."""
+def create_app(settings: Settings, engine: Engine | Callable[[], Engine]) -> FastAPI:
+    """The app over `engine`, or over the engine a factory builds (in a thread) when the app starts."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.engine is None:
-            from siglip_serve.server import build_engine
-
-            app.state.engine = await asyncio.to_thread(build_engine, settings)
+            app.state.engine = await asyncio.to_thread(engine)
         await app.state.engine.start()
         try:
             yield
@@ -37,12 +37,13 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title="siglip-serve", version="0.1.0", lifespan=lifespan,
                   summary="OpenAI-compatible zero-shot image classification and embeddings for SigLIP models")
     app.state.settings = settings
-    app.state.engine = engine
+    app.state.engine = None if callable(engine) else engine
     install_error_handlers(app)
     app.include_router(router)
-    app.include_router(public)
-    app.add_middleware(RequestMetrics, app_ref=app)
+    # Outermost last: metrics see every answer, keys are checked before the body is read.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ApiKeyGate, keys=settings.api_key, protect_docs_and_metrics=settings.protect_docs_and_metrics)
+    app.add_middleware(RequestMetrics, app_ref=app)
     return app
 
 
@@ -90,9 +91,8 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, f"request body is over the limit of {self.max_bytes} bytes",
-                                  type_="invalid_request_error", code="RequestTooLargeError")
-        await response(scope, receive, send)
+        error = RequestTooLargeError(f"request body is over the limit of {self.max_bytes} bytes")
+        await domain_error_response(error)(scope, receive, send)
 
 
 class RequestMetrics:

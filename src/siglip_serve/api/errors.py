@@ -26,6 +26,7 @@ STATUS: dict[type[errors.SiglipServeError], tuple[int, str]] = {
     errors.InvalidTemplateError: (400, "invalid_request_error"),
     errors.InvalidTextError: (400, "invalid_request_error"),
     errors.TooManyInputsError: (400, "invalid_request_error"),
+    errors.TextTooLongError: (400, "invalid_request_error"),
     errors.InvalidParameterError: (400, "invalid_request_error"),
     errors.RequestTooLargeError: (413, "invalid_request_error"),
     errors.AuthenticationError: (401, "authentication_error"),
@@ -39,6 +40,8 @@ STATUS: dict[type[errors.SiglipServeError], tuple[int, str]] = {
     errors.UnsupportedModelError: (500, "server_error"),
 }
 RETRY_AFTER_S = "1"
+# A message echoes user input only in short form (errors.shown); this caps whatever else slips through.
+MAX_MESSAGE_CHARS = 1000
 logger = logging.getLogger(__name__)
 
 
@@ -58,6 +61,8 @@ def error_response(status: int, message: str, *, type_: str, param: str | None =
     headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "..."
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 

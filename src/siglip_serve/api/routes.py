@@ -5,28 +5,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from siglip_serve.api import protocol as p
 from siglip_serve.api.errors import ClientDisconnected, error_response
-from siglip_serve.api.security import require_api_key
+from siglip_serve.api.limits import check_classify, check_count, check_inputs
 from siglip_serve.config import Settings
 from siglip_serve.engine.inputs import Input
-from siglip_serve.errors import DeadlineExceededError, EmptyInputError, InvalidParameterError, TooManyInputsError
+from siglip_serve.errors import DeadlineExceededError, InvalidParameterError
 
 if TYPE_CHECKING:  # the HTTP layer never imports torch; the engine arrives through app.state
     from siglip_serve.engine.engine import Engine, Usage
 
 T = TypeVar("T")
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
-public = APIRouter()
+# API keys are checked before the body is read (api.security.ApiKeyGate), not per route.
+router = APIRouter()
 
 
 def engine_of(request: Request) -> Engine:
@@ -39,13 +39,6 @@ def settings_of(request: Request) -> Settings:
 
 def deadline_of(request: Request) -> float:
     return time.monotonic() + settings_of(request).request_timeout_s
-
-
-def check_count(items: Sequence[object], *, limit: int, param: str) -> None:
-    if not items:
-        raise EmptyInputError(f"{param} must not be empty", param=param)
-    if len(items) > limit:
-        raise TooManyInputsError(f"{len(items)} items, over the limit of {limit}", param=param)
 
 
 async def run_request(request: Request, work: Awaitable[T], *, deadline: float) -> T:
@@ -84,9 +77,10 @@ async def embeddings(body: p.EmbeddingsRequest, request: Request) -> p.Embedding
     served = engine.resolve(body.model)
     inputs = body.to_inputs()
     check_count(inputs, limit=settings_of(request).max_inputs, param="input")
-    if body.dimensions is not None and body.dimensions != served.model.info.embed_dim:
+    check_inputs(inputs, settings_of(request))
+    if body.dimensions is not None and body.dimensions != served.info.embed_dim:
         raise InvalidParameterError(
-            f"this model's embeddings have {served.model.info.embed_dim} dimensions, not {body.dimensions}",
+            f"this model's embeddings have {served.info.embed_dim} dimensions, not {body.dimensions}",
             param="dimensions",
         )
     deadline = deadline_of(request)
@@ -110,7 +104,7 @@ async def classify(body: p.ClassifyRequest, request: Request) -> p.ClassifyRespo
     served = engine.resolve(body.model)
     images = body.to_inputs()
     check_count(images, limit=settings.max_inputs, param="input")
-    check_count(body.labels, limit=settings.max_labels, param="labels")
+    check_classify(body.labels, body.hypothesis_template, settings)
     deadline = deadline_of(request)
     results, used = await run_request(request, engine.classify(
         served, images, body.labels, templates=body.hypothesis_template, normalization=body.normalization,
@@ -128,11 +122,12 @@ async def classify(body: p.ClassifyRequest, request: Request) -> p.ClassifyRespo
 async def rerank(body: p.RerankRequest, request: Request) -> p.RerankResponse:
     engine = engine_of(request)
     served = engine.resolve(body.model)
-    documents = body.to_documents()
+    documents, query = body.to_documents(), body.to_query()
     check_count(documents, limit=settings_of(request).max_documents, param="documents")
+    check_inputs([query, *documents], settings_of(request))
     deadline = deadline_of(request)
     order, used = await run_request(request, engine.rerank(
-        served, body.to_query(), documents, top_n=body.top_n, deadline=deadline
+        served, query, documents, top_n=body.top_n, deadline=deadline
     ), deadline=deadline)
     results = [
         p.RerankResult(index=i, relevance_score=score,
@@ -152,7 +147,7 @@ async def hf_zero_shot(model: str, body: p.HFZeroShotRequest, request: Request) 
     engine, settings = engine_of(request), settings_of(request)
     served = engine.resolve(model)
     labels = body.parameters.labels()
-    check_count(labels, limit=settings.max_labels, param="parameters.candidate_labels")
+    check_classify(labels, body.parameters.hypothesis_template, settings, labels_param="parameters.candidate_labels")
     deadline = deadline_of(request)
     results, _ = await run_request(request, engine.classify(
         served, [Input(param="inputs", image=body.inputs)], labels,
@@ -165,7 +160,7 @@ async def hf_zero_shot(model: str, body: p.HFZeroShotRequest, request: Request) 
 async def list_models(request: Request) -> p.ModelList:
     cards = []
     for served in engine_of(request).models.values():
-        info = served.model.info
+        info = served.info
         cards.append(p.ModelCard(id=served.name, family=info.family, format=info.format,
                                  image_size=info.image_size, max_num_patches=info.max_num_patches,
                                  patch_size=info.patch_size,
@@ -173,7 +168,7 @@ async def list_models(request: Request) -> p.ModelList:
     return p.ModelList(data=cards)
 
 
-@public.get("/health")
+@router.get("/health")
 async def health(request: Request) -> JSONResponse:
     engine = engine_of(request)
     if engine.healthy:
@@ -181,6 +176,6 @@ async def health(request: Request) -> JSONResponse:
     return error_response(503, "the engine cannot serve", type_="service_unavailable_error")
 
 
-@public.get("/metrics")
+@router.get("/metrics")
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(engine_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

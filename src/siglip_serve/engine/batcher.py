@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from siglip_serve.config import default
 from siglip_serve.errors import (
     DeadlineExceededError,
     EngineUnavailableError,
@@ -40,24 +41,38 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class BatcherConfig:
-    """Limits of one batcher; ``name`` (e.g. ``siglip-demo/image``) labels messages and metrics."""
+    """Limits of one batcher, and whose it is: the model and tower label messages and metrics."""
 
-    max_batch_size: int = 32
-    max_wait_ms: float = 0.0
-    max_queue_size: int = 1024
-    name: str = "batcher"
+    model: str
+    tower: str  # "image" or "text"
+    max_batch_size: int = default("max_batch_size")
+    max_queue_size: int = default("max_queue_size")
+    max_wait_ms: float = default("max_wait_ms")
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.tower}"
 
 
 class BatchObserver(Protocol):
-    """Metrics hooks. Errors raised by a hook are logged and swallowed; missing hooks are skipped."""
+    """What a batcher reports (metrics). A hook that raises is logged and otherwise ignored."""
 
-    def on_batch(self, name: str, size: int, run_seconds: float) -> None: ...
-    def on_queue_wait(self, name: str, seconds: float) -> None: ...
-    def on_queue_depth(self, name: str, depth: int) -> None: ...
+    def on_batch(self, model: str, tower: str, size: int, run_seconds: float) -> None: ...
+    def on_queue_wait(self, model: str, tower: str, seconds: float) -> None: ...
+    def on_queue_depth(self, model: str, tower: str, depth: int) -> None: ...
 
 
-class NoopObserver(BatchObserver):
-    """An observer that records nothing; subclass it to implement only some hooks."""
+class NoopObserver:
+    """Records nothing."""
+
+    def on_batch(self, model: str, tower: str, size: int, run_seconds: float) -> None:
+        pass
+
+    def on_queue_wait(self, model: str, tower: str, seconds: float) -> None:
+        pass
+
+    def on_queue_depth(self, model: str, tower: str, depth: int) -> None:
+        pass
 
 
 @dataclass(eq=False)
@@ -107,7 +122,7 @@ class DynamicBatcher(Generic[T, R]):
         # without one the batcher makes and owns its own.
         self._shared_worker = worker
         self._config = config
-        self._observer: Any = observer or NoopObserver()
+        self._observer: BatchObserver = observer or NoopObserver()
         self._queue: deque[_Pending[T, R]] = deque()
         self._in_flight: list[_Pending[T, R]] = []
         self._wakeup = asyncio.Event()
@@ -173,7 +188,7 @@ class DynamicBatcher(Generic[T, R]):
         pending = [_Pending(item, loop.create_future(), deadline, now) for item in items]
         self._queue.extend(pending)
         self._wakeup.set()
-        self._notify("on_queue_depth", name, len(self._queue))
+        self._report(self._observer.on_queue_depth, len(self._queue))
         timeout = None if deadline is None else deadline - now
         gathered = asyncio.gather(*(p.future for p in pending))
         # When its children are cancelled (timeout, client gone) gather stores an outcome nobody
@@ -200,7 +215,7 @@ class DynamicBatcher(Generic[T, R]):
             live = [p for p in self._queue if not p.future.cancelled()]
             self._queue.clear()
             self._queue.extend(live)
-            self._notify("on_queue_depth", self._config.name, len(self._queue))
+            self._report(self._observer.on_queue_depth, len(self._queue))
 
     async def _run(self) -> None:
         assert self._worker is not None
@@ -252,14 +267,14 @@ class DynamicBatcher(Generic[T, R]):
                 p.future.set_exception(expired)
                 continue
             batch.append(p)
-        self._notify("on_queue_depth", self._config.name, len(self._queue))
+        self._report(self._observer.on_queue_depth, len(self._queue))
         return batch
 
     async def _run_one(self, batch: list[_Pending[T, R]]) -> None:
         name, size = self._config.name, len(batch)
         started = time.monotonic()
         for p in batch:
-            self._notify("on_queue_wait", name, started - p.enqueued_at)
+            self._report(self._observer.on_queue_wait, started - p.enqueued_at)
         self._in_flight = batch
         items, loop = [p.item for p in batch], asyncio.get_running_loop()
         try:
@@ -278,7 +293,7 @@ class DynamicBatcher(Generic[T, R]):
                 logger.error("%s: %s", name, wrong)
                 self._settle_errors(batch, lambda: InferenceError(wrong))
         self._in_flight = []
-        self._notify("on_batch", name, size, time.monotonic() - started)
+        self._report(self._observer.on_batch, size, time.monotonic() - started)
 
     @staticmethod
     def _settle_errors(
@@ -296,11 +311,8 @@ class DynamicBatcher(Generic[T, R]):
         self._queue.clear()
         self._in_flight = []
 
-    def _notify(self, hook: str, *args: Any) -> None:
-        method = getattr(self._observer, hook, None)
-        if method is None:
-            return
+    def _report(self, hook: Callable[..., None], *args: float) -> None:
         try:
-            method(*args)
+            hook(self._config.model, self._config.tower, *args)
         except Exception:
-            logger.warning("%s: observer hook %s failed", self._config.name, hook, exc_info=True)
+            logger.warning("%s: observer hook %s failed", self._config.name, hook.__name__, exc_info=True)

@@ -1,32 +1,47 @@
-"""The serving engine: per-request image preparation, one batcher per model and tower, the label cache.
+"""The serving engine: admission, per-request preparation, one batcher per model and tower, the label cache.
 
-No HTTP here; usable from Python directly (``async with Engine(...) as engine``).
-Request path (style notes): fetch and decode per request in a worker pool, submit
-tensors to the tower's batcher with a deadline, score with pure functions.
+No HTTP here; usable from Python directly (``async with Engine({"name": backend}) as engine``).
+Models are reached only through the backend contract (`siglip_serve.backend.Backend`).
+Request path (TEI's router -> core -> backend): look the texts up in the label cache, admit the
+request's uncached work as a whole or refuse it at once (429), then fetch, decode and tokenize in a
+worker pool, submit to the tower's batcher with a deadline, and score with pure functions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import numpy as np
 import torch
 
+from siglip_serve.backend import Backend, ModelInfo
 from siglip_serve.config import Settings, default
+from siglip_serve.engine.admission import Admission
 from siglip_serve.engine.batcher import BatcherConfig, DynamicBatcher, ModelWorker
 from siglip_serve.engine.inputs import Input
-from siglip_serve.engine.label_cache import LabelCache
-from siglip_serve.engine.scoring import Normalization, ensemble_templates, l2_normalize, probabilities, ranked
-from siglip_serve.errors import EngineUnavailableError, SiglipServeError, UnknownModelError
+from siglip_serve.engine.label_cache import CachedText, LabelCache
+from siglip_serve.errors import EngineUnavailableError, SiglipServeError, UnknownModelError, shown
 from siglip_serve.metrics import Metrics
-from siglip_serve.model import Model, format_prompts
 from siglip_serve.preprocess.fetch import FetchPolicy, make_client, read_image_reference
+from siglip_serve.preprocess.pixel_budget import PixelBudget
 from siglip_serve.preprocess.text import check_text
+from siglip_serve.scoring import (
+    Normalization,
+    check_classify_options,
+    ensemble_templates,
+    format_prompts,
+    l2_normalize,
+    logits,
+    probabilities,
+    ranked,
+    ranked_labels,
+)
 
 
 @dataclass(frozen=True)
@@ -66,41 +81,48 @@ class Usage:
                 "images": self.images}
 
 
-class ServedModel:
-    """A library `Model` with its two batchers."""
+@dataclass(frozen=True)
+class Encoded:
+    """Raw embeddings of a request's texts and images, in the order given, and what they cost."""
 
-    def __init__(self, name: str, model: Model, config: EngineConfig, metrics: Metrics,
-                 worker: ModelWorker | None = None) -> None:
+    texts: torch.Tensor  # [T, D]
+    images: torch.Tensor  # [I, D]
+    usage: Usage
+
+
+class ServedModel:
+    """A backend with its admission and its two batchers."""
+
+    def __init__(self, name: str, backend: Backend, config: EngineConfig, metrics: Metrics,
+                 worker: ModelWorker) -> None:
         self.name = name
-        self.model = model
-        model.batch_size = config.max_batch_size
-        towers = model.checkpoint.towers
+        self.backend = backend
+        self.info: ModelInfo = backend.info
+        self.admission = Admission(config.max_queue_size, name=f"model {name}",
+                                   on_change=metrics.admitted.labels(name).set)
 
         # Rows are cloned: a view would keep its whole batch alive, in the label cache for instance.
-        def run_images(pixels: list[np.ndarray]) -> list[torch.Tensor]:
-            return [row.clone() for row in model.encode_prepared_images(pixels)]
+        def run_images(prepared: list[Any]) -> list[torch.Tensor]:
+            return [row.clone() for row in backend.encode_image_batch(prepared)]
 
-        def run_texts(ids: list[torch.Tensor]) -> list[torch.Tensor]:
-            return [row.clone() for row in towers.encode_texts(torch.stack(ids))]
+        def run_texts(ids: list[Any]) -> list[torch.Tensor]:
+            return [row.clone() for row in backend.encode_text_batch(ids)]
 
         def batcher_config(tower: str) -> BatcherConfig:
-            return BatcherConfig(max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
-                                 max_queue_size=config.max_queue_size, name=f"{name}/{tower}")
+            return BatcherConfig(model=name, tower=tower, max_batch_size=config.max_batch_size,
+                                 max_queue_size=config.max_queue_size, max_wait_ms=config.max_wait_ms)
 
-        self.images: DynamicBatcher[np.ndarray, torch.Tensor] = DynamicBatcher(
+        self.images: DynamicBatcher[Any, torch.Tensor] = DynamicBatcher(
             run_images, batcher_config("image"), observer=metrics, worker=worker)
-        self.texts: DynamicBatcher[torch.Tensor, torch.Tensor] = DynamicBatcher(
+        self.texts: DynamicBatcher[Any, torch.Tensor] = DynamicBatcher(
             run_texts, batcher_config("text"), observer=metrics, worker=worker)
-
-    @property
-    def tokens_per_image(self) -> int:
-        return self.model.checkpoint.towers.tokens_per_image
 
 
 class Engine:
-    """Owns batching for every served model. Start it before use; `healthy` says whether it can serve."""
+    """Owns admission and batching for every served model. Start it before use; `healthy` says
+    whether it can serve."""
 
-    def __init__(self, models: Mapping[str, Model], config: EngineConfig | None = None,
+    def __init__(self, models: Mapping[str, Backend], config: EngineConfig | None = None,
                  *, metrics: Metrics | None = None) -> None:
         if not models:
             raise ValueError("an engine needs at least one model")
@@ -112,12 +134,13 @@ class Engine:
         threads = torch.get_num_threads()
         self._workers = {
             device: ModelWorker(f"siglip-model-{device}", initializer=torch.set_num_threads, initargs=(threads,))
-            for device in {str(m.checkpoint.towers.device) for m in models.values()}
+            for device in {backend.info.device for backend in models.values()}
         }
-        self.models = {name: ServedModel(name, m, self.config, self.metrics,
-                                         self._workers[str(m.checkpoint.towers.device)])
-                       for name, m in models.items()}
-        self.cache = LabelCache(self.config.label_cache_size)
+        self.models = {name: ServedModel(name, backend, self.config, self.metrics,
+                                         self._workers[backend.info.device])
+                       for name, backend in models.items()}
+        self.cache = LabelCache(self.config.label_cache_bytes)
+        self.pixels = PixelBudget(self.config.max_decode_pixels)
         self._pool: ThreadPoolExecutor | None = None
         self._client: httpx.AsyncClient | None = None
 
@@ -162,21 +185,57 @@ class Engine:
                                     param="model")
         served = self.models.get(name)
         if served is None:
-            raise UnknownModelError(f"model {name!r} is not served; served: {', '.join(self.models)}",
+            raise UnknownModelError(f"model {shown(name)} is not served; served: {', '.join(self.models)}",
                                     param="model")
         return served
 
-    # --- towers -----------------------------------------------------------
+    # --- the one path every task takes ------------------------------------------------------------
 
-    async def encode_images(self, served: ServedModel, images: Sequence[Input], *,
-                            deadline: float | None) -> torch.Tensor:
-        """Raw image embeddings [N, D]; each item is fetched and decoded concurrently in the pool."""
+    async def encode(self, served: ServedModel, *, texts: Sequence[str], images: Sequence[Input],
+                     deadline: float | None) -> Encoded:
+        """Raw embeddings of `texts` (given as is, validated by the caller) and `images`.
+
+        Cached texts cost nothing; the rest of the request is admitted as a whole before any work.
+        """
         self._check_serving()
-        pixels = await _gather_first_error(self._prepare(served, item) for item in images)
-        return torch.stack(await self._submit_chunked(served.images, pixels, deadline=deadline))
+        found = {text: self.cache.get(served.name, text) for text in dict.fromkeys(texts)}
+        missing = [text for text, entry in found.items() if entry is None]
+        self.metrics.cache_hits.inc(len(texts) - len(missing))
+        self.metrics.cache_misses.inc(len(missing))
+        with served.admission.reserve(len(images) + len(missing)):
+            computed, image_embeds = await _gather_first_error([
+                self._encode_texts(served, missing, deadline=deadline),
+                self._encode_images(served, images, deadline=deadline),
+            ])
+        found.update(computed)
+        dim = served.info.embed_dim
+        rows = [found[text] for text in texts]
+        usage = Usage(text_tokens=sum(entry.num_tokens for entry in rows), images=len(images),
+                      image_tokens=len(images) * served.info.tokens_per_image)
+        text_embeds = torch.stack([entry.embedding for entry in rows]) if rows else torch.empty(0, dim)
+        return Encoded(texts=text_embeds, images=image_embeds, usage=usage)
 
-    async def _prepare(self, served: ServedModel, item: Input) -> np.ndarray:
-        assert self._pool is not None and item.image is not None
+    async def _encode_texts(self, served: ServedModel, texts: list[str], *,
+                            deadline: float | None) -> dict[str, CachedText]:
+        if not texts:
+            return {}
+        # Tokenizing 1,000 labels takes tens of milliseconds (more with open_clip's ftfy cleaning): off the loop.
+        tokenized = await self._in_pool(served.backend.tokenize, texts)
+        embeds = await self._submit_chunked(served.texts, [t.ids for t in tokenized], deadline=deadline)
+        entries = {text: CachedText(embedding, t.num_tokens)
+                   for text, t, embedding in zip(texts, tokenized, embeds, strict=True)}
+        self.cache.put_many(served.name, entries.items())
+        return entries
+
+    async def _encode_images(self, served: ServedModel, images: Sequence[Input], *,
+                             deadline: float | None) -> torch.Tensor:
+        if not images:
+            return torch.empty(0, served.info.embed_dim)
+        prepared = await _gather_first_error(self._prepare(served, item) for item in images)
+        return torch.stack(await self._submit_chunked(served.images, prepared, deadline=deadline))
+
+    async def _prepare(self, served: ServedModel, item: Input) -> Any:
+        assert item.image is not None
         try:
             data = item.image
             if isinstance(data, str):
@@ -184,91 +243,22 @@ class Engine:
                 data = await read_image_reference(data, policy=self.config.fetch, client=self._client)
                 self.metrics.stage_seconds.labels("fetch").observe(time.perf_counter() - started)
             started = time.perf_counter()
-            pixels = await asyncio.get_running_loop().run_in_executor(self._pool, served.model.prepare_image, data)
+            prepared = await self._in_pool(lambda: served.backend.prepare_image(data, budget=self.pixels))
             self.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - started)
-            return pixels
+            return prepared
         except SiglipServeError as exc:
             raise exc.at(item.param) from None
 
-    async def encode_texts(self, served: ServedModel, texts: Sequence[str], *,
-                           deadline: float | None) -> torch.Tensor:
-        """Raw text embeddings [N, D], served from the label cache when possible."""
-        self._check_serving()
-        found = {text: self.cache.get(served.name, text) for text in dict.fromkeys(texts)}
-        missing = [text for text, embedding in found.items() if embedding is None]
-        self.metrics.cache_hits.inc(len(texts) - len(missing))
-        self.metrics.cache_misses.inc(len(missing))
-        if missing:
-            ids = served.model.checkpoint.tokenizer(missing)
-            computed = await self._submit_chunked(served.texts, list(ids), deadline=deadline)
-            pairs = list(zip(missing, computed, strict=True))
-            self.cache.put_many(served.name, pairs)
-            found.update(pairs)
-        return torch.stack([found[text] for text in texts])
-
-    async def encode_inputs(self, served: ServedModel, inputs: Sequence[Input], *,
-                            deadline: float | None) -> tuple[torch.Tensor, Usage]:
-        """Raw embeddings of a mixed list of texts and images, in input order."""
-        text_rows = [i for i, item in enumerate(inputs) if item.text is not None]
-        image_rows = [i for i, item in enumerate(inputs) if item.image is not None]
-        for i in text_rows:
-            check_text(inputs[i].text, param=inputs[i].param)
-        jobs = []
-        if text_rows:
-            jobs.append(self.encode_texts(served, [inputs[i].text for i in text_rows], deadline=deadline))
-        if image_rows:
-            jobs.append(self.encode_images(served, [inputs[i] for i in image_rows], deadline=deadline))
-        encoded = await _gather_first_error(jobs)
-        out = torch.empty(len(inputs), served.model.info.embed_dim)
-        for rows, embeds in zip([r for r in (text_rows, image_rows) if r], encoded, strict=True):
-            out[rows] = embeds
-        usage = Usage(
-            text_tokens=sum(served.model.checkpoint.tokenizer.num_tokens(inputs[i].text) for i in text_rows),
-            images=len(image_rows),
-            image_tokens=len(image_rows) * served.tokens_per_image,
-        )
-        return out, usage
-
-    # --- tasks ------------------------------------------------------------
-
-    async def embed(self, served: ServedModel, inputs: Sequence[Input], *, normalize: bool = True,
-                    deadline: float | None) -> tuple[np.ndarray, Usage]:
-        """[N, D] float32 embeddings of mixed texts and images, L2-normalized unless asked."""
-        embeds, usage = await self.encode_inputs(served, inputs, deadline=deadline)
-        return (l2_normalize(embeds) if normalize else embeds).numpy(), usage
-
-    async def classify(self, served: ServedModel, images: Sequence[Input], labels: Sequence[str], *,
-                       templates: str | Sequence[str] | None, normalization: str = "sigmoid",
-                       top_k: int | None = None, deadline: float | None
-                       ) -> tuple[list[list[tuple[str, float]]], Usage]:
-        prompts = format_prompts(labels, templates)  # validates labels and templates first
-        flat = [p for row in prompts for p in row]
-        text_embeds, image_embeds = await _gather_first_error([
-            self.encode_texts(served, flat, deadline=deadline),
-            self.encode_images(served, images, deadline=deadline),
-        ])
-        label_embeds = ensemble_templates(text_embeds.reshape(len(prompts), len(labels), -1))
-        results = served.model.classify_embeddings(image_embeds, label_embeds, labels,
-                                                   normalization=normalization, top_k=top_k)
-        tokenizer = served.model.checkpoint.tokenizer
-        usage = Usage(text_tokens=sum(tokenizer.num_tokens(p) for p in flat), images=len(images),
-                      image_tokens=len(images) * served.tokens_per_image)
-        return results, usage
-
-    async def rerank(self, served: ServedModel, query: Input, documents: Sequence[Input], *,
-                     top_n: int | None, deadline: float | None) -> tuple[list[tuple[int, float]], Usage]:
-        """(document index, sigmoid relevance) pairs, best first."""
-        embeds, usage = await self.encode_inputs(served, [query, *documents], deadline=deadline)
-        scores = probabilities(served.model.logits(embeds[:1], embeds[1:]), Normalization.SIGMOID)[0]
-        order = ranked([str(i) for i in range(len(documents))], scores, top_n)
-        return [(int(index), score) for index, score in order], usage
+    def _in_pool(self, function: Any, *args: Any) -> Awaitable[Any]:
+        assert self._pool is not None
+        return asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
     async def _submit_chunked(self, batcher: DynamicBatcher, items: list, *, deadline: float | None) -> list:
         """Submit a large request a few batches at a time.
 
-        A request may hold more items (1,000 labels, say) than the queue admits at once; it
-        must not be refused as overload for that. Queueing four batches ahead keeps the model
-        busy while other requests still get their turn between the chunks.
+        A request may hold more items than the batcher's queue takes at once (admission lets one
+        through when the model is idle); queueing four batches ahead keeps the model busy while
+        other requests still get their turn between the chunks.
         """
         chunk = max(1, min(self.config.max_queue_size, 4 * self.config.max_batch_size))
         results: list = []
@@ -280,8 +270,46 @@ class Engine:
         if not self.healthy:
             raise EngineUnavailableError("the engine is not serving (starting, stopping or failed)")
 
+    # --- tasks ------------------------------------------------------------------------------------
 
-async def _gather_first_error(coroutines) -> list:
+    async def embed(self, served: ServedModel, inputs: Sequence[Input], *, normalize: bool = True,
+                    deadline: float | None) -> tuple[np.ndarray, Usage]:
+        """[N, D] float32 embeddings of mixed texts and images in input order, L2-normalized unless asked."""
+        text_rows = [i for i, item in enumerate(inputs) if item.text is not None]
+        image_rows = [i for i, item in enumerate(inputs) if item.image is not None]
+        for i in text_rows:
+            check_text(inputs[i].text, param=inputs[i].param)
+        encoded = await self.encode(served, texts=[inputs[i].text for i in text_rows],
+                                    images=[inputs[i] for i in image_rows], deadline=deadline)
+        out = torch.empty(len(inputs), served.info.embed_dim)
+        out[text_rows] = encoded.texts
+        out[image_rows] = encoded.images
+        return (l2_normalize(out) if normalize else out).numpy(), encoded.usage
+
+    async def classify(self, served: ServedModel, images: Sequence[Input], labels: Sequence[str], *,
+                       templates: str | Sequence[str] | None, normalization: str = "sigmoid",
+                       top_k: int | None = None, deadline: float | None
+                       ) -> tuple[list[list[tuple[str, float]]], Usage]:
+        """Per image, (label, probability) pairs best first, as `Model.classify`."""
+        prompts = format_prompts(labels, templates)  # validates labels and templates first
+        kind = check_classify_options(normalization, top_k)
+        encoded = await self.encode(served, texts=[p for row in prompts for p in row], images=images,
+                                    deadline=deadline)
+        label_embeds = ensemble_templates(encoded.texts.reshape(len(prompts), len(labels), -1))
+        probs = probabilities(logits(encoded.images, label_embeds, served.backend.temperature), kind)
+        return [ranked_labels(labels, row, top_k) for row in probs], encoded.usage
+
+    async def rerank(self, served: ServedModel, query: Input, documents: Sequence[Input], *,
+                     top_n: int | None, deadline: float | None) -> tuple[list[tuple[int, float]], Usage]:
+        """(document index, sigmoid relevance) pairs, best first."""
+        embeds, usage = await self.embed(served, [query, *documents], normalize=False, deadline=deadline)
+        embeds_t = torch.from_numpy(embeds)
+        scores = probabilities(logits(embeds_t[:1], embeds_t[1:], served.backend.temperature),
+                               Normalization.SIGMOID)[0]
+        return ranked(scores, top_n), usage
+
+
+async def _gather_first_error(coroutines: Any) -> list:
     """Run concurrently; on the first failure cancel the rest and raise that failure (not a group)."""
     tasks = [asyncio.ensure_future(c) for c in coroutines]
     try:

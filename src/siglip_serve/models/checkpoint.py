@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from siglip_serve.errors import InvalidCheckpointError
-from siglip_serve.models.registry import KnownCheckpoint, find_known
+from siglip_serve.models.registry import find_known
 from siglip_serve.models.towers import SiglipTowers
 from siglip_serve.preprocess.text import FixedLengthTokenizer
 
@@ -40,10 +40,6 @@ class Checkpoint:
     def image_size(self) -> int | None:
         """The square input side; None for NaFlex, whose input size varies per image."""
         return getattr(self.image_transform, "height", None)
-
-    @property
-    def known(self) -> KnownCheckpoint | None:
-        return find_known(self.name)
 
 
 def cross_check_known(checkpoint: Checkpoint, *, spec: str) -> None:

@@ -35,7 +35,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def detect_family(directory: Path) -> Family:
-    """SigLIP 1 ships SentencePiece; SigLIP 2 a Gemma tokenizer (shared notes §4)."""
+    """SigLIP 1 ships SentencePiece; SigLIP 2 a Gemma tokenizer (the hub repos google/siglip-* and google/siglip2-*)."""
     declared = (tokenizer_class(directory) or "").lower()
     if "gemma" in declared or "siglip2" in declared:
         return Family.SIGLIP2

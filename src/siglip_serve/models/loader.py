@@ -7,11 +7,11 @@ from pathlib import Path
 
 from siglip_serve.errors import InvalidCheckpointError, UnsupportedModelError
 from siglip_serve.models.checkpoint import Checkpoint
+from siglip_serve.models.device_policy import resolve_device, resolve_dtype
 from siglip_serve.models.hf import load_hf_checkpoint
 from siglip_serve.models.naflex import load_naflex_checkpoint
 from siglip_serve.models.open_clip import load_open_clip_checkpoint
 from siglip_serve.models.registry import resolve_checkpoint_dir
-from siglip_serve.models.towers import resolve_device, resolve_dtype
 
 
 def load_checkpoint(spec: str, *, device: str = "auto", dtype: str = "auto") -> Checkpoint:

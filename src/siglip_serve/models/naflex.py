@@ -4,8 +4,8 @@ Covers google/siglip2-*-naflex. The neural network is transformers' `Siglip2Mode
 (modeling_siglip2.py); preprocessing (`preprocess/naflex.py`) and tokenization are ours,
 configured from the checkpoint's files. Each image keeps its aspect ratio and becomes a
 variable number of patches; the vision tower takes them padded to the checkpoint's
-`max_num_patches` with a mask and each image's patch grid (shared notes §3). The text tower
-is SigLIP's: fixed length, no mask, pooled at the last position (notes §2).
+`max_num_patches` with a mask and each image's patch grid (transformers Siglip2ImageProcessor). The text tower
+is SigLIP's: fixed length, no mask, pooled at the last position (big_vision two_towers.py).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def load_naflex_checkpoint(directory: Path, *, name: str, device: torch.device, 
             f"{directory}: model_type {model_type!r} is not supported by the NaFlex adapter (expected 'siglip2')"
         )
     text_length = int(config.get("text_config", {}).get("max_position_embeddings", 64))
-    # SigLIP 2 was trained on lowercased text with punctuation kept (notes §2).
+    # SigLIP 2 was trained on lowercased text with punctuation kept (big_vision two_towers.py).
     tokenizer = build_tokenizer(directory, length=text_length, cleaning=TextCleaning.LOWERCASE)
     module = load_transformers_module("Siglip2Model", directory)
     patch_size = int(module.config.vision_config.patch_size)

@@ -1,12 +1,13 @@
 """Adapter for open_clip-format SigLIP checkpoints (timm/ViT-B-16-SigLIP and its SigLIP 1 siblings).
 
-Needs neither open_clip nor timm nor torchvision. The files (shared notes §4) are
+Needs neither open_clip nor timm nor torchvision. The files (open_clip `hf-hub:` repos, e.g. timm/ViT-B-16-SigLIP) are
 `open_clip_config.json` (`model_cfg` plus `preprocess_cfg`), `open_clip_model.safetensors` and/or
 `open_clip_pytorch_model.bin`, and HF tokenizer files (a T5 `tokenizer.json`, pad = eos = 1 "</s>").
 The open_clip state dict is mapped onto transformers' `SiglipModel`, checking every key and shape.
 
-Same weights, different function (notes §4): open_clip's SigLIP 1 towers use the exact erf GELU, so the
-HF modules get `hidden_act="gelu"`, not the tanh approximation HF checkpoints use (~1e-3 apart).
+Same weights, different function (open_clip timm_model.py, transformer.py): open_clip's SigLIP 1 towers
+use the exact erf GELU, so the HF modules get `hidden_act="gelu"`, not the tanh approximation HF
+checkpoints use (~1e-3 apart).
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def check_supported(model_cfg: dict[str, Any], *, where: Path) -> None:
 
 def text_cleaning(text_cfg: dict[str, Any], *, where: Path) -> TextCleaning:
     """open_clip's HFTokenizer cleans as tokenizer_kwargs.clean says; every SigLIP config says "canonicalize",
-    SigLIP's training preprocessing (notes §2), which is also what we assume when a config is silent."""
+    SigLIP's training preprocessing (big_vision SigLIP configs), which is also what we assume when a config
+    is silent."""
     clean = (text_cfg.get("tokenizer_kwargs") or {}).get("clean", "canonicalize")
     if clean != "canonicalize":
         raise UnsupportedModelError(f"{where}: open_clip text cleaning {clean!r} (only 'canonicalize' is supported)")
@@ -178,7 +180,8 @@ def image_transform(preprocess_cfg: dict[str, Any], *, image_size: int, where: P
     """As open_clip transform.py `image_transform(is_train=False)`: squash-resize, then normalize.
 
     The size is the image tower's (open_clip factory.py overrides preprocess_cfg's size with it). Without
-    mean/std open_clip would silently use OpenAI CLIP's (notes §7), so both are required here.
+    mean/std open_clip would silently use OpenAI CLIP's (open_clip constants.py OPENAI_DATASET_MEAN), so both
+    are required here.
     """
     resize_mode = preprocess_cfg.get("resize_mode", "shortest")
     if resize_mode != "squash":
@@ -341,7 +344,8 @@ def _projection_kind(text_cfg: dict[str, Any]) -> str:
 
 
 def convert_weights(source: SourceWeights, vision: VisionArch, text: TextArch) -> dict[str, torch.Tensor]:
-    """The open_clip state dict as a transformers SiglipModel state dict (no transposes needed, notes §4)."""
+    """The open_clip state dict as a transformers SiglipModel state dict (no transposes needed: both store
+    nn.Linear weights as [out, in])."""
     weights = dict(_vision_weights(source, vision))
     weights.update(_text_weights(source, text))
     for key in ("logit_scale", "logit_bias"):  # 0-d in open_clip, [1] in HF (accepted too)

@@ -3,7 +3,7 @@
 We read the vocabulary files directly (SentencePiece `spiece.model`, or a
 `tokenizers` `tokenizer.json`) and never rely on transformers' tokenizer class
 defaults: `Siglip2Tokenizer`'s defaults are left padding, no EOS and a mask
-(shared notes §2). Special tokens come from the checkpoint's own
+(transformers SiglipTokenizer, GemmaTokenizer). Special tokens come from the checkpoint's own
 `special_tokens_map.json` / `tokenizer_config.json`, resolved to ids through
 the vocabulary, because `config.json`'s text ids are CLIP leftovers (49406/49407).
 """
@@ -17,7 +17,8 @@ from pathlib import Path
 from siglip_serve.errors import InvalidCheckpointError
 from siglip_serve.preprocess.text import FixedLengthTokenizer, TextCleaning
 
-# Fallback special tokens when a checkpoint's tokenizer files name none (shared notes §2 table).
+# Fallback special tokens when a checkpoint's tokenizer files name none (as the tokenizer_config.json of
+# google/siglip-* and google/siglip2-* name them).
 SENTENCEPIECE_DEFAULTS = {"eos_token": "</s>", "pad_token": "</s>"}  # google/siglip-*: pad = eos = 1
 TOKENIZER_JSON_DEFAULTS = {"eos_token": "<eos>", "pad_token": "<pad>"}  # Gemma: pad 0, eos 1
 

@@ -1,75 +1,19 @@
 """The two towers of a loaded checkpoint: tensors in, raw embeddings out.
 
 Knows nothing of queues, HTTP or files. Format adapters (`hf.py`, later
-`open_clip.py`) build a transformers `SiglipModel` and hand it here.
+`open_clip.py`) build a transformers `SiglipModel` and hand it here, on the device and in
+the dtype that `device_policy.py` resolved.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from siglip_serve.errors import InvalidParameterError
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-
-
-# /proc/cpuinfo flags of x86 CPUs with bf16 dot products (Cooper Lake, Zen 4 and later; AMX on Sapphire Rapids).
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-@cache
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:  # not Linux: no way to tell cheaply, stay with float32
-        return False
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto' is bfloat16 on CPUs with native bf16 arithmetic, float32 elsewhere.
-
-    bf16 vs fp32 on such a CPU (bench/results/demo_accuracy.md, model_only.md): embedding cosine
-    >= 0.9999 and >= 99.9% top-1 agreement, on trained (demo) and random base-224 weights, at
-    2.0x the speed. Without native support bf16 is emulated and slower, so auto keeps float32.
-    On CUDA auto stays float32 until the GPU numerics are measured; pass bfloat16 or float16.
-    """
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise InvalidParameterError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}",
-                                    param="dtype") from None
-
-
-@dataclass(frozen=True)
-class Temperature:
-    """SigLIP's learned score parameters, read from the checkpoint (never hard-coded)."""
-
-    logit_scale: float  # stored as a log; the multiplier is exp(logit_scale)
-    logit_bias: float
+from siglip_serve.backend import Temperature
 
 
 class SiglipTowers:
@@ -105,7 +49,7 @@ class SiglipTowers:
         return tensor.to(self.device, non_blocking=True).to(dtype or tensor.dtype)
 
     def compile(self, max_batch_size: int, *, backend: str | Callable[..., Any] = "inductor") -> None:
-        """torch.compile both towers for a fixed set of batch shapes (opt-in; notes §7: 1.1-1.25x on CPU).
+        """torch.compile both towers for a fixed set of batch shapes (opt-in; bench/results/model_only.md).
 
         Batches are padded up to the next bucket (powers of two up to `max_batch_size`), so the
         compiled graphs see a handful of static shapes, each compiled once (`warm_up` does it before

@@ -6,6 +6,9 @@ checked address (Host header and TLS SNI keep the original hostname), so a DNS a
 that changes between check and connect (rebinding) cannot reach a private address.
 Redirects are followed by hand so that each hop is checked the same way, and bodies
 are streamed so that an oversized or endless response is cut off at the byte limit.
+Bodies are read raw and any content coding is refused: the byte limit then bounds what
+is held in memory, which it would not if a few hundred bytes of stacked gzip could
+inflate to gigabytes inside the client before the limit is checked.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import binascii
 import ipaddress
 import re
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -281,6 +285,7 @@ async def _get(client: httpx.AsyncClient, url: httpx.URL, address: str | None, p
             return _redirect_location(url, response)
         if not response.is_success:
             raise _FetchFailed(f"HTTP status {response.status_code}")
+        _check_identity_coding(response)
         return await _read_limited(response, policy.max_bytes)
 
 
@@ -294,13 +299,44 @@ def _redirect_location(url: httpx.URL, response: httpx.Response) -> str:
         raise _FetchFailed(f"invalid redirect Location: {exc}") from None
 
 
+def _check_identity_coding(response: httpx.Response) -> None:
+    """Refuse a body with a content coding, which we asked the server not to use.
+
+    We send ``Accept-Encoding: identity``, but a server may ignore it. httpx would undo
+    gzip, deflate, br and zstd (stacked too) as the body is iterated, a whole received
+    chunk at a time, so a tiny body could inflate to gigabytes before our byte limit saw
+    it. Image formats are compressed already; a coding gains nothing, so none is accepted.
+    Content-Encoding is a list of codings in the order applied, repeatable as separate
+    header lines, with case-insensitive values, and "identity" means no coding
+    (RFC 9110 §8.4 and §12.5.3).
+    """
+    codings = [value.strip().lower() for value in response.headers.get_list("Content-Encoding", split_commas=True)]
+    applied = [coding for coding in codings if coding and coding != "identity"]
+    if applied:
+        raise _FetchFailed(
+            f"response has Content-Encoding {', '.join(applied)!r}; only uncompressed (identity) responses are "
+            "accepted for images"
+        )
+
+
 async def _read_limited(response: httpx.Response, max_bytes: int) -> bytes:
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _FetchFailed(f"response of {int(declared)} bytes is larger than the limit of {max_bytes} bytes")
     body = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in _raw_chunks(response):
         body += chunk
         if len(body) > max_bytes:
             raise _FetchFailed(f"response is larger than the limit of {max_bytes} bytes")
     return bytes(body)
+
+
+async def _raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as received, never decoded by httpx, so its length is what it costs in memory."""
+    if response.is_stream_consumed:
+        # A transport that hands over a response already read (httpx.MockTransport does) leaves
+        # nothing to stream; its content is in memory already and, the coding being identity, raw.
+        yield response.content
+        return
+    async for chunk in response.aiter_raw():
+        yield chunk

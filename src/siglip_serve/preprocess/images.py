@@ -1,7 +1,7 @@
 """Image decoding and SigLIP preprocessing, CPU only, no torchvision.
 
 The pipeline follows transformers' PIL backend (`SiglipImageProcessorPil`), which
-is the reference (see shared notes §3): convert to RGB compositing alpha onto
+is the reference (transformers image_processing_siglip.py): convert to RGB compositing alpha onto
 white, squash-resize with the checkpoint's PIL filter, rescale by 1/255 and
 normalize with its mean/std. We add what users expect and the reference lacks:
 EXIF orientation and a pixel limit checked before any pixel is decoded.
@@ -10,10 +10,13 @@ EXIF orientation and a pixel limit checked before any pixel is decoded.
 from __future__ import annotations
 
 import io
+import re
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 import numpy as np
 from PIL import (  # noqa: F401  the plugins register the formats we accept
@@ -30,6 +33,7 @@ from PIL import (  # noqa: F401  the plugins register the formats we accept
 
 from siglip_serve.config import default
 from siglip_serve.errors import EmptyImageError, ImageTooLargeError, InvalidImageError
+from siglip_serve.preprocess.pixel_budget import PixelBudget
 
 ImageSource: TypeAlias = "str | Path | bytes | bytearray | memoryview | Image.Image"
 
@@ -38,6 +42,9 @@ ImageSource: TypeAlias = "str | Path | bytes | bytearray | memoryview | Image.Im
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 DEFAULT_MAX_PIXELS: int = default("max_image_pixels")
+
+T = TypeVar("T")
+_POSITIVE_INT = re.compile(r"[1-9][0-9]*")
 
 # Pillow warns from ~89 MP on; `check_image_size` enforces the configured limit instead.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -68,32 +75,44 @@ def decode_image(
     times faster for large photos, at slightly different pixels (bench/decode.py measures it).
     Raises InvalidImageError, EmptyImageError or ImageTooLargeError.
     """
-    if len(data) == 0:
-        raise InvalidImageError("empty image data")
-    # Our own limit (checked from the header, below) replaces Pillow's global one; raise
-    # Pillow's so that it never refuses an image that our configured limit allows.
-    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except UnidentifiedImageError:
-        raise InvalidImageError(
-            f"cannot decode image: not one of {', '.join(f.lower() for f in ALLOWED_FORMATS)}"
-        ) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(str(exc)) from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # e.g. a header cut short
-        raise InvalidImageError(f"truncated or corrupt image data ({exc})") from None
-    check_image_size(image, max_pixels=max_pixels)
-    try:
-        if draft_size is not None and image.format == "JPEG":
-            image.draft("RGB", (draft_size, draft_size))
-        image.seek(0)  # GIF/TIFF/WebP: the first frame
-        image.load()
-        image = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise InvalidImageError(f"truncated or corrupt image data ({exc})") from None
-    return to_rgb(image)
+    image = _open_checked(data, max_pixels=max_pixels)
+    _draft(image, draft_size)
+    return _decode_rgb(image, max_pixels=max_pixels)
+
+
+def prepare_image(
+    source: ImageSource,
+    transform: Callable[[Image.Image], T],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+    budget: PixelBudget | None = None,
+) -> T:
+    """Check, decode and transform one image into model input, holding its pixels in `budget`.
+
+    The order bounds memory: the size is checked from the header; then the pixels to be
+    decoded (after any JPEG draft) are reserved from `budget`, waiting while other decodes
+    hold it; the image is decoded, EXIF-oriented and made RGB; `transform` (an
+    `ImageTransform`, or any callable from an RGB image to model input) turns it into the
+    small model input; and every full-size image is freed before the pixels are released.
+    `source` and `draft_size` are as in `load_image`; the same errors are raised.
+    """
+    if isinstance(source, Image.Image):
+        check_image_size(source, max_pixels=max_pixels)
+        width, height = source.size
+        with _reserved(budget, width * height):
+            rgb = _convert_to_rgb(_copy_oriented(source, max_pixels=max_pixels))
+            return _transform_and_close(rgb, transform)
+    image = _open_checked(_read_source(source), max_pixels=max_pixels)
+    _draft(image, draft_size)
+    width, height = image.size  # what will be decoded: after a draft, the reduced size
+    with _reserved(budget, width * height):
+        try:
+            rgb = _decode_rgb(image, max_pixels=max_pixels)
+        except BaseException:
+            image.close()
+            raise
+        return _transform_and_close(rgb, transform)
 
 
 def check_image_size(image: Image.Image, *, max_pixels: int) -> None:
@@ -121,17 +140,113 @@ def load_image(
     """Turn a path, raw bytes or a PIL image into a checked RGB PIL image (`draft_size`: see decode_image)."""
     if isinstance(source, Image.Image):
         check_image_size(source, max_pixels=max_pixels)
-        return to_rgb(ImageOps.exif_transpose(source))
+        return _convert_to_rgb(_copy_oriented(source, max_pixels=max_pixels))
+    return decode_image(_read_source(source), max_pixels=max_pixels, draft_size=draft_size)
+
+
+# --- the steps, in the order they run -----------------------------------------------------------
+
+
+def _read_source(source: ImageSource) -> bytes | bytearray | memoryview:
+    """The encoded bytes of a bytes-like or a path; InvalidImageError for anything else."""
     if isinstance(source, bytes | bytearray | memoryview):
-        return decode_image(source, max_pixels=max_pixels, draft_size=draft_size)
+        return source
     if isinstance(source, str | Path):
         path = Path(source).expanduser()
         try:
-            data = path.read_bytes()
+            return path.read_bytes()
         except OSError as exc:
             raise InvalidImageError(f"cannot read image file {str(source)!r}: {exc.strerror}") from None
-        return decode_image(data, max_pixels=max_pixels, draft_size=draft_size)
     raise InvalidImageError(f"unsupported image input of type {type(source).__name__}")
+
+
+def _open_checked(data: bytes | bytearray | memoryview, *, max_pixels: int) -> Image.Image:
+    """Parse the header only (Pillow decodes no pixel before `load`) and check the size."""
+    if len(data) == 0:
+        raise InvalidImageError("empty image data")
+    # Our own limit (checked from the header, below) replaces Pillow's global one; raise
+    # Pillow's so that it never refuses an image that our configured limit allows.
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise InvalidImageError(
+            f"cannot decode image: not one of {', '.join(f.lower() for f in ALLOWED_FORMATS)}"
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise _too_large(exc, max_pixels) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # e.g. a header cut short
+        raise InvalidImageError(f"truncated or corrupt image data ({exc})") from None
+    check_image_size(image, max_pixels=max_pixels)
+    return image
+
+
+def _too_large(exc: Image.DecompressionBombError, max_pixels: int) -> ImageTooLargeError:
+    """Our message for Pillow's bomb guard, which fires at twice `Image.MAX_IMAGE_PIXELS`
+    (Pillow docs, Image.open: "DecompressionBombError") before our own check can run: the
+    user should see the configured limit, not Pillow's internal one."""
+    declared = _POSITIVE_INT.search(str(exc))  # "Image size (N pixels) exceeds limit of ..."
+    size = f"{declared.group()} pixels, " if declared else ""
+    return ImageTooLargeError(f"image is {size}over the limit of {max_pixels} pixels")
+
+
+def _draft(image: Image.Image, draft_size: int | None) -> None:
+    """Let a JPEG decode at reduced scale; `image.size` becomes the size it will decode to."""
+    if draft_size is not None and image.format == "JPEG":
+        image.draft("RGB", (draft_size, draft_size))
+
+
+def _decode_rgb(image: Image.Image, *, max_pixels: int) -> Image.Image:
+    """Decode an image we opened (and so may change) to RGB: first frame, EXIF-oriented."""
+    try:
+        image.seek(0)  # GIF/TIFF/WebP: the first frame
+        image.load()
+        # In place: for the common orientation 1, `exif_transpose` would otherwise return a
+        # full copy of the decoded image (Pillow docs, ImageOps.exif_transpose).
+        ImageOps.exif_transpose(image, in_place=True)
+    except Image.DecompressionBombError as exc:  # a later GIF frame's extent
+        raise _too_large(exc, max_pixels) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidImageError(f"truncated or corrupt image data ({exc})") from None
+    return _convert_to_rgb(image)
+
+
+def _copy_oriented(image: Image.Image, *, max_pixels: int) -> Image.Image:
+    """A caller's image, EXIF-oriented, as a copy: the caller's object is never changed."""
+    try:
+        oriented = ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as exc:
+        raise _too_large(exc, max_pixels) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # a lazily opened image that fails to load
+        raise InvalidImageError(f"truncated or corrupt image data ({exc})") from None
+    assert oriented is not None  # not in place: always a new image
+    return oriented
+
+
+def _convert_to_rgb(image: Image.Image) -> Image.Image:
+    """`to_rgb` of an image we own, freeing the original as soon as a converted copy exists."""
+    rgb = to_rgb(image)
+    if rgb is not image:
+        image.close()
+    return rgb
+
+
+def _transform_and_close(rgb: Image.Image, transform: Callable[[Image.Image], T]) -> T:
+    """`transform(rgb)`, then free `rgb` at once (unless the transform returned it): the
+    budget's pixels are released right after, and so must be the memory they stood for."""
+    try:
+        result = transform(rgb)
+    except BaseException:
+        rgb.close()
+        raise
+    if result is not rgb:
+        rgb.close()
+    return result
+
+
+def _reserved(budget: PixelBudget | None, pixels: int) -> AbstractContextManager[None]:
+    return budget.reserve(pixels) if budget is not None else nullcontext()
 
 
 def preprocess_image(image: Image.Image, transform: ImageTransform) -> np.ndarray:

@@ -1,7 +1,7 @@
 """SigLIP 2 NaFlex preprocessing: aspect-preserving resize to a patch budget, then patchify.
 
 Follows transformers' PIL backend, `Siglip2ImageProcessorPil` (image_processing_pil_siglip2.py),
-which is our reference (shared notes §3): resize to the largest patch-aligned size whose patch
+which is our reference (transformers image_processing_siglip2.py): resize to the largest patch-aligned size whose patch
 count fits `max_num_patches`, with the checkpoint's PIL filter (bilinear), rescale and normalize,
 then cut into patches flattened in (patch_h, patch_w, channel) order. Padding to the patch budget
 and the attention mask are the towers' business (`models/naflex.py`), so one image's result never

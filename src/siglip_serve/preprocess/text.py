@@ -2,7 +2,7 @@
 
 SigLIP's text tower was trained without an attention mask and pools the last
 position, so every text is right-padded to exactly the checkpoint's text length
-and truncated with EOS kept last (shared notes §2; transformers#28569,
+and truncated with EOS kept last (big_vision's SigLIP tokenization; transformers#28569,
 open_clip#984). Padding only to the batch's longest text gives embeddings with
 cosine ~0.41 to the right ones, and makes a text's embedding depend on its
 batch neighbours.
@@ -26,7 +26,7 @@ _DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 class TextCleaning(StrEnum):
-    """How a family's text was cleaned in training (shared notes §2, table)."""
+    """How a family's text was cleaned in training (big_vision prompt_engineering.py, open_clip tokenizer.py)."""
 
     # HF SiglipTokenizer.canonicalize_text (big_vision prompt_engineering.py): lowercase,
     # delete ASCII punctuation ('_' too, no space put in its place), collapse whitespace.
@@ -78,15 +78,19 @@ class FixedLengthTokenizer:
         self.eos_id = eos_id
         self.cleaning = cleaning
 
-    def token_ids(self, text: str) -> list[int]:
-        """Ids of one text, exactly `length` long."""
+    def ids_and_count(self, text: str) -> tuple[list[int], int]:
+        """Ids of one text, exactly `length` long, and its real tokens (with EOS, before padding)."""
         ids = self._encode(clean_text(text, self.cleaning))
         ids = ids[: self.length - 1] + [self.eos_id]  # sticky EOS
-        return ids + [self.pad_id] * (self.length - len(ids))
+        return ids + [self.pad_id] * (self.length - len(ids)), len(ids)
+
+    def token_ids(self, text: str) -> list[int]:
+        """Ids of one text, exactly `length` long."""
+        return self.ids_and_count(text)[0]
 
     def num_tokens(self, text: str) -> int:
         """Real tokens (with EOS, before padding), for usage accounting."""
-        return min(len(self._encode(clean_text(text, self.cleaning))) + 1, self.length)
+        return self.ids_and_count(text)[1]
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         """A [len(texts), length] int64 tensor. There is deliberately no attention mask."""

@@ -1,6 +1,6 @@
 """Write a trained model as a google/siglip-*-style HF checkpoint directory.
 
-Layout (shared notes §4): config.json + model.safetensors from `SiglipModel.save_pretrained`,
+Layout (the files of google/siglip-* on the hub): config.json + model.safetensors from `SiglipModel.save_pretrained`,
 preprocessor_config.json, and a SentencePiece `spiece.model` with pad 0 / eos 1 "</s>" / unk 2
 and no BOS, whose configs name "</s>" as the pad token, so texts are padded with id 1 like the
 real checkpoints.

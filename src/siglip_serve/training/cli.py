@@ -3,68 +3,92 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 from pathlib import Path
 
-from siglip_serve.training.options import Architecture, TrainOptions
+from siglip_serve.training.options import (
+    ALTERNATIVE,
+    CHOICES,
+    GROUP,
+    HELP,
+    METAVAR,
+    NONE_MEANS,
+    ReportOptions,
+    TrainOptions,
+)
 
-SAVE_DTYPES = ("float32", "float16")
-HIDDEN_ACTS = ("gelu", "gelu_pytorch_tanh")
+Options = typing.TypeVar("Options")
+
+# The types a flag can be parsed to; a field of another type needs a parser here first.
+FLAG_TYPES = (int, float, str, Path, bool)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainOptions(out=Path("."))
-    arch = Architecture()
-    parser.add_argument("--out", required=True, type=Path, help="Directory to write the checkpoint to.")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="A .jsonl or .csv of `image` (path relative to the file) and `caption`. "
-                             "Default: the built-in synthetic shapes dataset.")
-    start = parser.add_mutually_exclusive_group()
-    start.add_argument("--init", metavar="SPEC", default=None,
-                       help="Fine-tune this checkpoint (local directory or hub id), keeping its tokenizer "
-                            "and preprocessing.")
-    start.add_argument("--from-scratch", action="store_true",
-                       help="Train a new model of the size below, with a tokenizer trained on the captions "
-                            "(the default when --init is not given).")
-    parser.add_argument("--pool-size", type=int, default=defaults.pool_size,
-                        help="Shapes dataset: images drawn up front and reused with flips, rotations and new captions.")
-    parser.add_argument("--no-label-bank", action="store_true",
-                        help="Shapes dataset: do not add a caption per shape, color and combination to every batch.")
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="Peak learning rate (AdamW).")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--temperature-lr-scale", type=float, default=defaults.temperature_lr_scale,
-                        help="Learning rate of the logit scale and bias, as a multiple of --lr "
-                             "(default: 10 from scratch, 1 with --init).")
-    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N.")
-    parser.add_argument("--bf16", action="store_true",
-                        help="bfloat16 autocast for the forward pass (faster on CPUs with AVX512-BF16 and on GPUs); "
-                             "weights and optimizer stay float32.")
-    parser.add_argument("--save-dtype", choices=SAVE_DTYPES, default="float32",
-                        help="Precision of the saved tower weights (logit scale and bias stay float32).")
-    parser.add_argument("--eval-images", type=int, default=240,
-                        help="Shapes dataset: held-out images to report zero-shot accuracy on (0: skip).")
-    parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
-    size = parser.add_argument_group("model size (from scratch)")
-    for name in ("image_size", "patch_size", "vision_width", "vision_layers", "text_width", "text_layers",
-                 "head_dim", "text_length", "vocab_size"):
-        size.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(arch, name))
-    size.add_argument("--hidden-act", choices=HIDDEN_ACTS, default=arch.hidden_act,
-                      help="MLP activation: exact GELU, or the tanh approximation google's checkpoints name.")
+    """One flag per field of TrainOptions (Architecture's in their own group) and of ReportOptions."""
+    add_option_arguments(parser, parser, TrainOptions)
+    add_option_arguments(parser, parser, ReportOptions)
+
+
+def add_option_arguments(parser: argparse.ArgumentParser, target: argparse._ActionsContainer, options: type) -> None:
+    """A flag on `target` per field of the dataclass `options`; a nested dataclass gets its own group."""
+    hints = typing.get_type_hints(options)
+    for spec in dataclasses.fields(options):
+        hint = hints[spec.name]
+        if dataclasses.is_dataclass(hint):  # a nested group of options, e.g. the architecture
+            add_option_arguments(parser, parser.add_argument_group(spec.metadata[GROUP]), hint)
+        else:
+            add_flag(target, spec, flag_type(hint))
+
+
+def add_flag(target: argparse._ActionsContainer, spec: dataclasses.Field, kind: type) -> None:
+    """`--field-name`, typed, with the field's help and its default; a bool also gets `--no-field-name`."""
+    flag = "--" + spec.name.replace("_", "-")
+    required = spec.default is dataclasses.MISSING
+    help_text = f"{spec.metadata[HELP]} {default_note(spec)}".replace("%", "%%")  # argparse %-formats help
+    alternative = spec.metadata[ALTERNATIVE]
+    if alternative is not None:
+        target = target.add_mutually_exclusive_group()
+    if kind is bool:
+        action = target.add_argument(flag, action=argparse.BooleanOptionalAction, default=spec.default)
+        # Set after construction: given help, BooleanOptionalAction (Python < 3.14) appends its own default note.
+        action.help = help_text
+    else:
+        target.add_argument(flag, type=kind, required=required, default=None if required else spec.default,
+                            choices=spec.metadata[CHOICES], metavar=spec.metadata[METAVAR], help=help_text)
+    if alternative is not None:
+        alternative_flag, alternative_help = alternative
+        # Spells out the None default: same destination, and refused together with the flag itself.
+        target.add_argument(alternative_flag, action="store_const", const=None, dest=spec.name,
+                            help=alternative_help)
+
+
+def flag_type(hint: object) -> type:
+    """The type a flag parses to: the annotation, without its `| None`."""
+    kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)] or [hint]
+    if len(kinds) != 1 or kinds[0] not in FLAG_TYPES:
+        raise TypeError(f"no flag type for {hint!r}; expected one of {FLAG_TYPES}, optionally | None")
+    return kinds[0]
+
+
+def default_note(spec: dataclasses.Field) -> str:
+    if spec.default is dataclasses.MISSING:
+        return "(required)"
+    if spec.default is None:
+        return f"[default: {spec.metadata[NONE_MEANS]}]"
+    return f"[default: {spec.default}]"
+
+
+def from_args(options: type[Options], args: argparse.Namespace) -> Options:
+    """Build `options` (a dataclass whose flags `add_option_arguments` declared) from parsed flags."""
+    hints = typing.get_type_hints(options)
+    values = {spec.name: from_args(hints[spec.name], args) if dataclasses.is_dataclass(hints[spec.name])
+              else getattr(args, spec.name) for spec in dataclasses.fields(options)}
+    return options(**values)
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
-    architecture = Architecture(**{name: getattr(args, name) for name in Architecture.__dataclass_fields__})
-    return TrainOptions(
-        out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps, seed=args.seed, data=args.data, pool_size=args.pool_size, init=args.init,
-        label_bank=not args.no_label_bank, temperature_lr_scale=args.temperature_lr_scale,
-        architecture=architecture, save_dtype=args.save_dtype, threads=args.threads,
-        device=args.device, bf16=args.bf16, progress=not args.no_progress,
-    )
+    return from_args(TrainOptions, args)
 
 
 def run_train(args: argparse.Namespace, *, command: str | None = None) -> int:
@@ -74,6 +98,7 @@ def run_train(args: argparse.Namespace, *, command: str | None = None) -> int:
 
     quiet_transformers()
     options = options_from_args(args)
+    report = from_args(ReportOptions, args)
     result = train(options, command=command)
     state = f"interrupted after {result.steps_done} steps" if result.interrupted else f"{result.steps_done} steps"
     tail = result.losses[-50:]
@@ -81,8 +106,8 @@ def run_train(args: argparse.Namespace, *, command: str | None = None) -> int:
     print(f"{state} in {result.seconds:.0f} s ({result.total_seconds:.0f} s in all){loss}; saved to {result.out}")
     if result.interrupted:
         return 130
-    if options.data is None and args.eval_images > 0:
-        report_shapes_accuracy(result.out, args.eval_images)
+    if options.data is None and report.eval_images > 0:
+        report_shapes_accuracy(result.out, report.eval_images)
     return 0
 
 

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from siglip_serve.engine.scoring import Normalization, probabilities, ranked
-from siglip_serve.model import DEFAULT_TEMPLATE, Model
+from siglip_serve.model import Model
+from siglip_serve.scoring import DEFAULT_TEMPLATE, Normalization, probabilities, ranked
 from siglip_serve.training.shapes import COLORS, COMBOS, SHAPES, ShapeSample, make_sample, with_article
 
 HELD_OUT_SEED = 1_000_003  # never used for training: the training command's seed is small
@@ -68,8 +68,8 @@ def rerank_recall_at_1(model: Model, samples: Sequence[ShapeSample], *, template
     hits = 0
     for index, text_embed in enumerate(text_embeds):
         scores = probabilities(model.logits(text_embed[None], image_embeds), Normalization.SIGMOID)[0]
-        best = ranked([str(i) for i in range(len(samples))], scores, 1)[0][0]
-        hits += int(best) == index
+        best = ranked(scores, 1)[0][0]
+        hits += best == index
     return hits / len(samples)
 
 

@@ -1,30 +1,57 @@
 """What `siglip-serve train` can be asked to do: model size and training options.
 
+Each field is declared once, here, with its default and its help (`option`); the command's flags
+are generated from these fields (`training/cli.py`), so a new option needs no second declaration.
 Free of torch, so that the CLI can declare its flags without importing it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
+from typing import Any
+
+# The metadata keys `option` writes and `training/cli.py` reads.
+HELP = "help"
+CHOICES = "choices"
+NONE_MEANS = "none_means"
+METAVAR = "metavar"
+ALTERNATIVE = "alternative"
+GROUP = "group"
+
+
+def option(default: Any = MISSING, *, help: str, choices: tuple[str, ...] | None = None,
+           none_means: str | None = None, metavar: str | None = None,
+           alternative: tuple[str, str] | None = None) -> Any:
+    """A dataclass field that is also a flag of `siglip-serve train`.
+
+    `help` says what it does; `choices` restricts a string; `none_means` says what a None default
+    does (shown as the default in --help); `alternative` is (flag, help) of a flag that spells out
+    the None default and excludes this one (e.g. --from-scratch against --init). No default: required.
+    """
+    metadata = {HELP: help, CHOICES: choices, NONE_MEANS: none_means, METAVAR: metavar, ALTERNATIVE: alternative}
+    if default is None and none_means is None:
+        raise ValueError("an option whose default is None must say what None means")
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class Architecture:
     """Size of a model trained from scratch. The defaults are the shipped siglip-demo-shapes."""
 
-    image_size: int = 64
-    patch_size: int = 16
-    vision_width: int = 128
-    vision_layers: int = 4
-    text_width: int = 32
-    text_layers: int = 2
-    head_dim: int = 64
-    text_length: int = 64  # SigLIP's real text length
-    vocab_size: int = 256  # asked of SentencePiece; a small corpus may give fewer pieces
+    image_size: int = option(64, help="Input resolution in pixels (square).")
+    patch_size: int = option(16, help="ViT patch side in pixels.")
+    vision_width: int = option(128, help="Hidden size of the vision tower; also the embedding size.")
+    vision_layers: int = option(4, help="Transformer layers of the vision tower.")
+    text_width: int = option(32, help="Hidden size of the text tower (projected to --vision-width).")
+    text_layers: int = option(2, help="Transformer layers of the text tower.")
+    head_dim: int = option(64, help="Width of one attention head (heads = width // head-dim, at least 1).")
+    text_length: int = option(64, help="Tokens per text, padded without a mask (64 is SigLIP's).")
+    vocab_size: int = option(256, help="SentencePiece vocabulary asked for; a small corpus may give fewer pieces.")
     # google's HF configs name the tanh approximation; timm/open_clip's SigLIP ViTs use exact "gelu".
     # Exact GELU would make a demo step 5-12% faster on this CPU (bench/results/train_step.md).
-    hidden_act: str = "gelu_pytorch_tanh"
+    hidden_act: str = option("gelu_pytorch_tanh", choices=("gelu", "gelu_pytorch_tanh"),
+                             help="MLP activation: exact GELU, or the tanh approximation google's checkpoints name.")
 
     def config(self, vocab_size: int) -> dict:
         def tower(width: int, layers: int) -> dict:
@@ -44,28 +71,49 @@ class Architecture:
 
 @dataclass(frozen=True)
 class TrainOptions:
-    out: Path
-    steps: int = 6300
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 300
-    grad_clip: float = 1.0
-    seed: int = 0
-    data: Path | None = None  # JSONL/CSV of image + caption; None: the built-in shapes dataset
-    pool_size: int = 40_000  # shapes dataset: images drawn up front and reused (see ShapesPool)
-    label_bank: bool = True  # shapes dataset: every batch also carries a caption per shape, color, combination
-    # Learning rate of logit_scale and logit_bias relative to `lr`; None: 10 from scratch, 1 when fine-tuning
-    temperature_lr_scale: float | None = None
-    init: str | None = None  # checkpoint to fine-tune; None: from scratch with `architecture`
-    architecture: Architecture = field(default_factory=Architecture)
-    save_dtype: str = "float32"  # of the saved tower weights: float32 or float16
-    threads: int | None = None
-    device: str = "auto"  # auto: CUDA when present, else the CPU
-    bf16: bool = False  # bfloat16 autocast (mixed precision; weights and optimizer stay float32)
-    progress: bool = True
+    # The field order is that of training.json's "options": keep it, so that records stay comparable.
+    out: Path = option(help="Directory to write the checkpoint to.")
+    steps: int = option(6300, help="Optimizer steps.")
+    batch_size: int = option(128, help="Image-caption pairs per step.")
+    lr: float = option(1e-3, help="Peak learning rate (AdamW), after a linear warmup and before a cosine decay to 0.")
+    weight_decay: float = option(1e-4, help="AdamW weight decay of the weight matrices (not of norms, biases "
+                                            "or the logit scale and bias).")
+    warmup_steps: int = option(300, help="Steps of linear learning-rate warmup.")
+    grad_clip: float = option(1.0, help="Largest gradient norm; larger gradients are scaled down to it.")
+    seed: int = option(0, help="Seed of the weights, the shapes drawn and the batch order.")
+    data: Path | None = option(None, none_means="the built-in synthetic shapes dataset",
+                               help="A .jsonl or .csv of `image` (path relative to the file) and `caption`.")
+    pool_size: int = option(40_000, help="Shapes dataset: images drawn up front and reused with flips, rotations "
+                                         "and new captions.")
+    label_bank: bool = option(True, help="Shapes dataset: every batch also carries a caption per shape, color "
+                                         "and combination.")
+    temperature_lr_scale: float | None = option(None, none_means="10 from scratch, 1 with --init",
+                                                help="Learning rate of the logit scale and bias, as a multiple "
+                                                     "of --lr.")
+    init: str | None = option(None, metavar="SPEC", none_means="from scratch",
+                              help="Fine-tune this checkpoint (local directory or hub id), keeping its tokenizer "
+                                   "and preprocessing.",
+                              alternative=("--from-scratch", "Train a new model of the size below, with a tokenizer "
+                                                             "trained on the captions (the default when --init is "
+                                                             "not given)."))
+    architecture: Architecture = field(default_factory=Architecture, metadata={GROUP: "model size (from scratch)"})
+    save_dtype: str = option("float32", choices=("float32", "float16"),
+                             help="Precision of the saved tower weights (logit scale and bias stay float32).")
+    threads: int | None = option(None, none_means="torch's choice", help="torch threads.")
+    device: str = option("auto", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N.")
+    bf16: bool = option(False, help="bfloat16 autocast for the forward pass (faster on CPUs with AVX512-BF16 and "
+                                    "on GPUs); weights and optimizer stay float32.")
+    progress: bool = option(True, help="Show a progress bar.")
 
     @property
     def temperature_lr(self) -> float:
         scale = self.temperature_lr_scale
         return self.lr * (scale if scale is not None else 1.0 if self.init else 10.0)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What `siglip-serve train` reports after training (not part of training, so not in training.json)."""
+
+    eval_images: int = option(240, help="Shapes dataset: held-out images to report zero-shot accuracy on "
+                                        "after training (0: skip).")

@@ -21,8 +21,8 @@ import torch
 
 from siglip_serve.errors import UnsupportedModelError
 from siglip_serve.models.checkpoint import Checkpoint
+from siglip_serve.models.device_policy import resolve_device
 from siglip_serve.models.tokenizer_files import build_tokenizer
-from siglip_serve.models.towers import resolve_device
 from siglip_serve.preprocess.images import ImageTransform
 from siglip_serve.preprocess.text import FixedLengthTokenizer, TextCleaning, clean_text
 from siglip_serve.training.checkpoint_files import (
@@ -37,7 +37,7 @@ from siglip_serve.training.loss import INIT_LOGIT_BIAS, INIT_LOGIT_SCALE, sigmoi
 from siglip_serve.training.options import TrainOptions
 from siglip_serve.training.shapes import caption_corpus
 
-BICUBIC = 3  # PIL filter id, as google/siglip-* preprocessor_config.json (shared notes §3)
+BICUBIC = 3  # PIL filter id, as in google/siglip-* preprocessor_config.json ("resample": 3)
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def batch_loss(module: torch.nn.Module, batch: Batch, tokens: TokenCache, *, bf1
         distinct = list(dict.fromkeys(batch.captions))
         row_of = {caption: row for row, caption in enumerate(distinct)}
         rows = torch.tensor([row_of[caption] for caption in batch.captions], device=device)
-        # No attention mask, as SigLIP is trained and as we serve it (shared notes §2).
+        # No attention mask, as SigLIP is trained and as we serve it (big_vision two_towers.py; transformers#28569).
         text_embeds = module.text_model(input_ids=tokens(distinct).to(device)).pooler_output[rows]
     return sigmoid_loss(image_embeds.float(), text_embeds.float(), module.logit_scale, module.logit_bias,
                         batch.positives.to(device))
