@@ -38,7 +38,7 @@ from siglip_serve.api.errors import error_response
 
 LINGER_S = 5.0  # nginx's lingering_timeout: how long to drain a client's input after an error answer
 HEAD_SLACK_BYTES = 4096
-H11_DEFAULT_HEAD_BYTES = 16 * 1024  # h11's H11_DEFAULT_HEAD_BYTES
+H11_DEFAULT_HEAD_BYTES = 16 * 1024  # h11's DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 
 
 def max_head_bytes(max_header_bytes: int, max_url_bytes: int) -> int:

@@ -42,12 +42,11 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from siglip_serve.api.app import create_app
-    from siglip_serve.api.connections import ConnectionGuard
     from siglip_serve.http_protocol import guarded_h11_protocol, max_head_bytes
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = build_engine(settings)  # load before binding the port: a bad checkpoint fails fast
-    app = ConnectionGuard.from_settings(create_app(settings, engine), settings)
+    app = create_app(settings, engine)
     # After its graceful shutdown uvicorn restores the previous SIGTERM handler and re-raises the
     # signal; with the default handler the process would die with 143 instead of exiting 0.
     signal.signal(signal.SIGTERM, lambda *_: None)

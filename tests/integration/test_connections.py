@@ -286,6 +286,13 @@ def test_70_kb_path_gets_414(patient_server: LiveServer) -> None:
     assert_healthy(patient_server)
 
 
+def test_unfinished_70_kb_request_line_gets_414(patient_server: LiveServer) -> None:
+    """A request line that never ends overflows the server's head buffer: 414, not a bare 400."""
+    reply = exchange(patient_server, b"GET /health/" + b"a" * 70_000)
+    assert_refused(reply, 414, "url_too_long")
+    assert_healthy(patient_server)
+
+
 def test_incomplete_head_beyond_the_buffer_gets_431(patient_server: LiveServer) -> None:
     """Lines each within the limit, but more of an unfinished head than the server buffers: refused at
     once rather than buffered (the head is left unfinished so that this holds however the bytes arrive)."""

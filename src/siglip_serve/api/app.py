@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from siglip_serve.api.connections import ConnectionGuard
 from siglip_serve.api.errors import domain_error_response, install_error_handlers
 from siglip_serve.api.routes import router
 from siglip_serve.api.security import ApiKeyGate
@@ -43,6 +44,8 @@ def create_app(settings: Settings, engine: Engine | Callable[[], Engine]) -> Fas
     # Outermost last: metrics see every answer, keys are checked before the body is read.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(ApiKeyGate, keys=settings.api_key, protect_docs_and_metrics=settings.protect_docs_and_metrics)
+    app.add_middleware(ConnectionGuard, body_timeout_s=settings.body_timeout_s,
+                       max_header_bytes=settings.max_header_bytes, max_url_bytes=settings.max_url_bytes)
     app.add_middleware(RequestMetrics, app_ref=app)
     return app
 
@@ -106,7 +109,9 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = {"code": 500}
+        # No response started: the client went away (or its body timed out, answered by ConnectionGuard
+        # outside this view); nginx's 499, not a server error.
+        status = {"code": 499}
 
         async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start":

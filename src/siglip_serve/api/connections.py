@@ -19,7 +19,6 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from siglip_serve.api.errors import error_response
-from siglip_serve.config import Settings
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
@@ -32,11 +31,6 @@ class ConnectionGuard:
         self.body_timeout_s = body_timeout_s
         self.max_header_bytes = max_header_bytes
         self.max_url_bytes = max_url_bytes
-
-    @classmethod
-    def from_settings(cls, app: ASGIApp, settings: Settings) -> ConnectionGuard:
-        return cls(app, body_timeout_s=settings.body_timeout_s, max_header_bytes=settings.max_header_bytes,
-                   max_url_bytes=settings.max_url_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan passes through
