@@ -24,6 +24,7 @@ import torch
 
 from siglip_serve.backend import ModelInfo, Temperature, TokenizedText
 from siglip_serve.errors import InvalidImageError
+from siglip_serve.features import PatchFeatures, PatchLayout
 
 DIM = 8
 LOGIT_SCALE = math.log(10.0)
@@ -31,6 +32,9 @@ LOGIT_BIAS = -5.0
 MATCH = 1 / (1 + math.exp(-5.0))  # sigmoid(10 * 1 - 5)
 MISMATCH = 1 / (1 + math.exp(5.0))  # sigmoid(10 * 0 - 5)
 _CLASS = re.compile(r"\bc(\d)\b")
+# Dense features: a 2x2 grid of DIM-wide tokens from a tower of FEATURE_LAYERS layers (valid layers -3..2).
+FEATURE_LAYERS = 2
+FEATURE_GRID = (2, 2)
 
 
 def image(k: int) -> str:
@@ -55,6 +59,7 @@ class FakeBackend:
         self.tokenized: list[str] = []
         self.image_batches: list[int] = []
         self.text_batches: list[int] = []
+        self.feature_batches: list[tuple[int, int]] = []  # (images, layer) per forward
 
     @property
     def info(self) -> ModelInfo:
@@ -93,3 +98,24 @@ class FakeBackend:
         self._run()
         self.text_batches.append(len(ids))
         return torch.from_numpy(np.stack([unit(k) for k in ids])) * 2.0
+
+    # --- dense features (optional backend members, siglip_serve.backend.FeatureBackend) ---
+
+    @property
+    def patch_layout(self) -> PatchLayout:
+        return PatchLayout(num_layers=FEATURE_LAYERS, hidden_size=DIM, patch_size=2, grid=FEATURE_GRID,
+                           max_patches=FEATURE_GRID[0] * FEATURE_GRID[1])
+
+    def encode_patch_batch(self, prepared: Sequence[np.ndarray], *, layer: int) -> list[PatchFeatures]:
+        self._run()
+        self.feature_batches.append((len(prepared), layer))
+        return [PatchFeatures(features=torch.from_numpy(patch_tokens(int(np.argmax(p)), layer)), grid=FEATURE_GRID,
+                              pooled=torch.from_numpy(p) * 3.0) for p in prepared]
+
+
+def patch_tokens(k: int, layer: int) -> np.ndarray:
+    """The fake tokens of image e_k at `layer` (0..FEATURE_LAYERS): [4, DIM] float32 values that float16 cannot
+    hold exactly (thirds, sevenths and elevenths), so that rounding to float16 shows."""
+    patches = np.arange(FEATURE_GRID[0] * FEATURE_GRID[1], dtype=np.float32)[:, None]
+    channels = np.arange(DIM, dtype=np.float32)[None, :]
+    return ((k + 1) / 3 + 10 * layer + patches / 7 + channels / 11).astype(np.float32)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from siglip_serve.features import PatchFeatures, PatchLayout
     from siglip_serve.preprocess.pixel_budget import PixelBudget
 
 
@@ -71,3 +72,20 @@ class Backend(Protocol):
 
     def encode_text_batch(self, ids: Sequence[Any]) -> torch.Tensor:
         """Raw (unnormalized) [B, D] float32 embeddings of tokenized texts."""
+
+
+class FeatureBackend(Backend, Protocol):
+    """Optional: a backend that also returns dense patch features (POST /v1/vision/features).
+
+    The engine serves features only for backends that have both members (`serves_features`).
+    """
+
+    @property
+    def patch_layout(self) -> PatchLayout: ...
+
+    def encode_patch_batch(self, prepared: Sequence[Any], *, layer: int) -> list[PatchFeatures]:
+        """Per prepared image, its tokens of `layer` (0..L after `PatchLayout.resolve_layer`), as one forward."""
+
+
+def serves_features(backend: Backend) -> bool:
+    return hasattr(backend, "patch_layout") and callable(getattr(backend, "encode_patch_batch", None))

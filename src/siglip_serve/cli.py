@@ -1,8 +1,9 @@
-"""The `siglip-serve` command: serve, classify, embed, models, train."""
+"""The `siglip-serve` command: serve, classify, embed, features, models, train."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 
 from pydantic.fields import FieldInfo
 
+from siglip_serve.accounts.cli import add_keys_arguments, run_keys
 from siglip_serve.config import ENV_PREFIX, Settings
 from siglip_serve.demo import DEMO_MODEL_NAME
 from siglip_serve.errors import SiglipServeError
@@ -70,12 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
         "embed", help="Embed a folder, glob or manifest of images into a Lance (LanceDB) or Parquet dataset.")
     add_embed_arguments(embed)
 
+    features = commands.add_parser(
+        "features", help="Dump the vision tower's patch tokens of one layer for images to .npz or .safetensors.")
+    add_features_arguments(features)
+
     models = commands.add_parser("models", help="List known checkpoints.")
     models.add_argument("--json", action="store_true")
 
     train = commands.add_parser(
         "train", help="Train a SigLIP with the sigmoid loss (shapes dataset) or fine-tune one on captioned images.")
     add_train_arguments(train)
+
+    keys = commands.add_parser("keys", help="Create, list and revoke API keys; show usage and cost.")
+    add_keys_arguments(keys)
     return parser
 
 
@@ -91,8 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_classify(args)
         if args.command == "embed":
             return run_embed_command(args)
+        if args.command == "features":
+            return run_features(args)
         if args.command == "train":
             return run_train(args, command="siglip-serve " + shlex.join(argv))
+        if args.command == "keys":
+            return run_keys(args)
         return run_models(args)
     except SiglipServeError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -124,6 +137,87 @@ def run_classify(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
     else:
         print_tables(results)
+    return 1 if failed else 0
+
+
+def add_features_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="Image files, or folders (walked recursively for image files, in sorted order).")
+    parser.add_argument("--out", required=True, help=(
+        "Output .npz or .safetensors: features [sum of h*w, d], grids [N, 2], offsets [N+1] (image i is "
+        "features[offsets[i]:offsets[i+1]], row-major over grids[i]), pooled [N, d] with --pooled, and the paths."))
+    parser.add_argument("--layer", type=int, default=-1, help=(
+        "Vision layer as transformers numbers hidden_states: 0 = patch embeddings, -1 = the final output after "
+        "the last LayerNorm (default), -2 = the penultimate layer (LLaVA-style)."))
+    parser.add_argument("--pooled", action="store_true", help="Also store each image's pooled embedding (MAP head).")
+    parser.add_argument("--float16", action="store_true", help="Store float16 (float32 rounded; half the bytes).")
+    parser.add_argument("--model", default=DEMO_MODEL_NAME,
+                        help=f"Local checkpoint directory or hub id (default: {DEMO_MODEL_NAME}, the demo model).")
+    parser.add_argument("--batch-size", type=int, default=None, help="Images per forward (default: the server's).")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", help="auto, float32 (reference numerics), float16 or bfloat16.")
+
+
+def image_paths(arguments: Sequence[str]) -> list[str]:
+    """Files as given; folders walked recursively for image files (by suffix), hidden ones skipped."""
+    from pathlib import Path
+
+    from siglip_serve.jobs.sources import IMAGE_SUFFIXES
+
+    paths = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            paths += sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        else:
+            paths.append(argument)
+    return paths
+
+
+def run_features(args: argparse.Namespace) -> int:
+    """Every image's tokens of one layer into one file; an image that fails is reported and left out (exit 1)."""
+    from siglip_serve.features import FILE_SUFFIXES, save_features
+
+    if not args.out.endswith(FILE_SUFFIXES):
+        raise SiglipServeError(f"--out must end with {' or '.join(FILE_SUFFIXES)}, got {args.out!r}")
+    import siglip_serve
+    from siglip_serve.model import quiet_transformers
+
+    quiet_transformers()
+    model = siglip_serve.load(args.model, device=args.device, dtype=args.dtype)
+    layer = model.patch_layout.resolve_layer(args.layer, param="--layer")  # before decoding anything
+    batch_size = args.batch_size or model.batch_size
+    paths: list[str] = []
+    results: list = []
+    pending: list = []  # (path, prepared image) waiting for a forward
+
+    def flush() -> None:
+        paths.extend(path for path, _ in pending)
+        results.extend(model.encode_patch_batch([prepared for _, prepared in pending], layer=layer))
+        pending.clear()
+
+    failed = 0
+    for path in image_paths(args.images):
+        try:
+            pending.append((path, model.prepare_image(path)))
+        except SiglipServeError as exc:
+            failed += 1
+            print(f"error: {path}: {exc.message}", file=sys.stderr)
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
+    if not results:
+        print("error: no image could be read; nothing written", file=sys.stderr)
+        return 1
+    if not args.pooled:
+        results = [dataclasses.replace(r, pooled=None) for r in results]
+    save_features(args.out, paths, results, layer=layer, num_layers=model.patch_layout.num_layers,
+                  model=args.model, float16=args.float16)
+    tokens = sum(r.grid[0] * r.grid[1] for r in results)
+    print(f"wrote {len(results)} images ({tokens} tokens x {model.patch_layout.hidden_size}, layer {layer} of "
+          f"{model.patch_layout.num_layers}) to {args.out}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -7,9 +7,10 @@ The declaration gives the type, default and help; the environment variable is
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import os
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from siglip_serve.demo import DEMO_MODEL_NAME
@@ -29,8 +30,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
-    dtype: str = Field("auto", description="auto (bfloat16 on CPUs with native bf16, else float32), float32, "
-                       "float16 or bfloat16.")
+    dtype: str = Field("auto", description="auto (float32: exact; see README for when bfloat16 is faster), "
+                       "float32, float16 or bfloat16.")
     max_batch_size: int = Field(32, ge=1, description="Most items one model forward takes.")
     max_wait_ms: float = Field(0.0, ge=0, description=(
         "How long a batch waits for more items before it asks for the device (0: not at all; items that "
@@ -84,6 +85,59 @@ class Settings(BaseSettings):
     decode_workers: int = Field(4, ge=1, description="Threads that fetch, decode and preprocess images.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's).")
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")
+    data_dir: str = Field(default_factory=lambda: default_data_dir(), description=(
+        "Where collections live: a LanceDB database, one Lance table per collection (DIR/NAME.lance), so "
+        "`siglip-serve embed ... --out DIR/NAME` makes collection NAME. A local path or an object-store URI "
+        "(s3://, gs://, az://). Default: $XDG_DATA_HOME/siglip-serve, else ~/.local/share/siglip-serve."))
+    max_collection_items: int = Field(256, ge=1, description="Most items in one collection ingest request.")
+    max_top_k: int = Field(1000, ge=1, description="Largest top_k of a collection search.")
+    ann_index_threshold: int = Field(20_000, ge=0, description=(
+        "Items at which a collection gets an ANN index (IVF_HNSW_SQ, built in the background after an ingest); "
+        "below it every search is exact. 0: never automatically (POST /v1/collections/NAME/index still builds one)."))
+    max_feature_floats: int = Field(8 * 1024 * 1024, ge=1, description=(
+        "Most floats one /v1/vision/features response holds (images x patches x width; a NaFlex image counted at "
+        "its patch budget); over it: 413 before any work. The default passes 9 so400m-384 images (729 x 1152 "
+        "floats, 3.4 MB each as float32) or 55 base-224 ones (196 x 768)."))
+
+    # --- keys, limits and usage (accounts/) ---
+    database_url: str | None = Field(None, description=(
+        "Database of API keys and usage (SQLAlchemy URL). Default: SQLite in DATA_DIR/accounts.sqlite3, for one "
+        "machine. Several machines sharing keys and usage: postgresql://USER:PASSWORD@HOST/DB (psycopg 3)."))
+    key_secret: SecretStr | None = Field(None, description=(
+        "Secret of the keyed hashes (HMAC-SHA256) of stored API keys; prefer the environment variable. Default: "
+        "DATA_DIR/key-secret, made on first use. Every process sharing a database needs the same secret."))
+    replicas: int = Field(1, ge=1, description=(
+        "Server processes or replicas sharing the key database: each enforces 1/N of every key's per-minute "
+        "limits (rate limits are counted per process; quotas are shared through the database)."))
+    usage_flush_interval_s: float = Field(1.0, gt=0, le=60, description=(
+        "How often metered usage is written to the database; a crash loses at most about this much."))
+    price_per_1k_images: float = Field(0.235, ge=0, description=(
+        "USD per 1,000 images for usage costs and credit. The default is an EXAMPLE (the model pages' "
+        "estimate), not a real price: set your own."))
+    price_per_1m_text_tokens: float = Field(0.02, ge=0, description=(
+        "USD per million text tokens for usage costs and credit. The default is an EXAMPLE: set your own."))
+    model_price: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+        "Price of one served model: NAME=USD_PER_1K_IMAGES[:USD_PER_1M_TEXT_TOKENS]; repeat for several "
+        "(the environment variable takes a comma-separated list). Others use the two prices above."))
+    metrics_max_keys: int = Field(50, ge=0, description=(
+        "API key names with their own label in the Prometheus per-key counters; further keys count as 'other'."))
+
+    # --- the CPU runtime (models/runtime_choice.py, models/openvino_backend.py) ---
+    backend: Literal["torch", "openvino", "auto"] = Field("torch", description=(
+        "Runtime of the towers: torch; openvino (both towers converted to OpenVINO, CPU only, fixed-resolution "
+        "checkpoints; needs the cpu-fast extra); auto (openvino where it applies, torch elsewhere, e.g. NaFlex)."))
+    quantize: Literal["none", "int8-weights", "int8"] = Field("none", description=(
+        "OpenVINO only: int8-weights (NNCF weight compression, data-free) or int8 (weights and activations of the "
+        "vision tower, calibrated on --calibration images). Each is checked against float32 at conversion; "
+        "below --quantize-min-cosine it falls back a step (int8 -> int8-weights -> none)."))
+    calibration: str | None = Field(None, description=(
+        "Directory of images to calibrate --quantize int8 on (every fifth is held out for the check). "
+        "Default: a synthetic photo-like set, which says nothing about your images."))
+    quantize_min_cosine: float = Field(0.995, ge=0, le=1, description=(
+        "Least cosine vs float32 on held-out inputs at which a quantized tower is served."))
+    openvino_cache_dir: str | None = Field(None, description=(
+        "Where converted OpenVINO models are cached, keyed by checkpoint content and options. "
+        "Default: $XDG_CACHE_HOME/siglip-serve/openvino, else ~/.cache/siglip-serve/openvino."))
 
     @field_validator("model", "api_key", mode="before")
     @classmethod
@@ -91,6 +145,19 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("model_price", mode="before")
+    @classmethod
+    def _split_price_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+def default_data_dir() -> str:
+    """$XDG_DATA_HOME/siglip-serve, else ~/.local/share/siglip-serve (the XDG base directory spec's default)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "siglip-serve")
 
 
 def default(name: str) -> Any:

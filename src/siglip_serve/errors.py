@@ -117,3 +117,75 @@ class EngineUnavailableError(SiglipServeError):
 
 class InferenceError(SiglipServeError):
     """The model raised while running a batch."""
+
+
+# --- collections -------------------------------------------------------------
+
+
+class InvalidCollectionNameError(SiglipServeError):
+    """A collection name that is not 1-128 letters, digits, '-', '_' or '.' starting with a letter or digit."""
+
+
+class CollectionNotFoundError(SiglipServeError):
+    """A collection that does not exist (or a table in the data directory that is not a collection)."""
+
+
+class CollectionExistsError(SiglipServeError):
+    """A collection created under a name that is taken."""
+
+
+class ModelMismatchError(SiglipServeError):
+    """A model other than the one a collection's vectors were made with (vectors of two models never mix)."""
+
+
+# --- vision features ---------------------------------------------------------
+
+
+class LayerOutOfRangeError(InvalidParameterError):
+    """A vision layer index outside the tower's -(L+1)..L (L: its number of encoder layers)."""
+
+
+class ResponseTooLargeError(SiglipServeError):
+    """A response that would hold more floats than the configured limit (dense features of many images)."""
+
+
+# --- keys, limits and usage ----------------------------------------------------
+# OpenAI's error codes guide (platform.openai.com/docs/guides/error-codes): 429 with code
+# `rate_limit_exceeded` when requests come too fast, 429 with code `insufficient_quota` when the
+# credit is used up; the official clients raise RateLimitError for both and PermissionDeniedError on 403.
+
+
+class PermissionDeniedError(SiglipServeError):
+    """A valid key used outside what it allows: a route, a model, or the admin routes without an admin key."""
+
+
+class RateLimitExceededError(SiglipServeError):
+    """A key over its requests or images per minute; `retry_after_s` is when the request would pass."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after_s: int | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s
+
+
+class QuotaExceededError(SiglipServeError):
+    """A key whose images for today or whose credit are used up."""
+
+    code = "insufficient_quota"
+
+
+class KeyNotFoundError(SiglipServeError):
+    """An API key id or prefix that names no stored key."""
+
+
+class KeyExistsError(SiglipServeError):
+    """A new key whose prefix is taken (drawn again by the caller; 1 in 10^12)."""
+
+
+class AccountsUnavailableError(SiglipServeError):
+    """The key and usage database cannot be reached, or this server has none."""
+
+
+class AccountsConfigError(SiglipServeError):
+    """A key database or key secret that cannot be used as configured."""

@@ -10,6 +10,7 @@ Works without any server::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -17,8 +18,9 @@ import torch
 from siglip_serve.backend import ModelInfo, Temperature, TokenizedText
 from siglip_serve.config import default
 from siglip_serve.errors import EmptyInputError, SiglipServeError
+from siglip_serve.features import PatchFeatures, PatchLayout
 from siglip_serve.models.checkpoint import Checkpoint
-from siglip_serve.models.loader import load_checkpoint
+from siglip_serve.models.runtime_choice import OpenVinoOptions, load_for_backend
 from siglip_serve.preprocess.images import ImageSource, ImageTransform, prepare_image
 from siglip_serve.preprocess.pixel_budget import PixelBudget
 from siglip_serve.scoring import (
@@ -143,6 +145,39 @@ class Model:
         flat = self.embed_texts([p for row in prompts for p in row], normalize=False)
         return ensemble_templates(flat.reshape(len(prompts), len(labels), -1))
 
+    # --- dense features (vision encoding) ---
+
+    @property
+    def patch_layout(self) -> PatchLayout:
+        """Layers, width and grid of the vision tower's patch tokens (see `siglip_serve.features`).
+
+        An AttributeError for towers that return embeddings only (OpenVINO's), so that `hasattr` tells the
+        engine this model serves no features."""
+        towers = self.checkpoint.towers
+        if not hasattr(towers, "encode_patch_features"):
+            raise AttributeError(f"{type(towers).__name__} returns no patch features; load with backend='torch'")
+        return towers.patch_layout
+
+    def encode_patch_batch(self, prepared: Sequence[Any], *, layer: int = -1) -> list[PatchFeatures]:
+        """Patch tokens of `layer` of preprocessed images, as one forward (the engine sizes its batches)."""
+        return self.checkpoint.towers.encode_patch_features(prepared, self.patch_layout.resolve_layer(layer))
+
+    def encode_patches(self, images: Sequence[ImageSource], layer: int = -1, *,
+                       pooled: bool = False) -> list[PatchFeatures]:
+        """Per image, the vision tower's patch tokens of one layer: `features` [h*w, d] float32 in row-major
+        order over `grid` (h, w), and with `pooled=True` the MAP head's output of the same forward.
+
+        ``layer=-1`` (the default) is transformers' `last_hidden_state`, after the final LayerNorm; ``0..L-1``
+        is `hidden_states[layer]` (0: the patch embeddings) and negative indices count from the end, so -2 is
+        the penultimate layer. No class token: every token is a patch. NaFlex returns only each image's real
+        patches, in the row-major order of its spatial shape.
+        """
+        index = self.patch_layout.resolve_layer(layer)  # before any decoding
+        prepared = self.prepare_images(images)
+        features = [row for i in range(0, len(prepared), self.batch_size)
+                    for row in self.encode_patch_batch(prepared[i : i + self.batch_size], layer=index)]
+        return features if pooled else [replace(row, pooled=None) for row in features]
+
     # --- scores ---
 
     def logits(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -204,12 +239,20 @@ def load(
     max_pixels: int = default("max_image_pixels"),
     batch_size: int = default("max_batch_size"),
     jpeg_draft: bool = False,
+    backend: str = "torch",
+    quantize: str = "none",
+    openvino: OpenVinoOptions | None = None,
 ) -> Model:
     """Load a checkpoint from a local directory or a Hugging Face hub id.
 
-    ``device="auto"`` uses CUDA when present, else the CPU; ``dtype="auto"`` follows
-    `siglip_serve.models.device_policy`; ``"float32"`` gives reference numerics.
+    ``device="auto"`` uses CUDA when present, else the CPU; ``dtype="auto"`` is float32 everywhere
+    (exact; why not bf16 on CPUs that list it: `siglip_serve.models.device_policy`).
     ``jpeg_draft=True`` decodes large JPEGs at reduced scale (faster, slightly different pixels).
+    ``backend="openvino"`` runs both towers of a fixed-resolution checkpoint in OpenVINO on the CPU
+    (``"auto"``: there where it applies, torch elsewhere), with ``quantize="int8-weights"`` or ``"int8"``
+    as opt-ins whose cosine against float32 is checked and logged; `openvino` holds its cache directory,
+    calibration images and threads (`siglip_serve.models.runtime_choice`, `models.openvino_backend`).
     """
-    return Model(load_checkpoint(spec, device=device, dtype=dtype), max_pixels=max_pixels, batch_size=batch_size,
-                 jpeg_draft=jpeg_draft)
+    checkpoint = load_for_backend(spec, device=device, dtype=dtype, backend=backend, quantize=quantize,
+                                  options=openvino)
+    return Model(checkpoint, max_pixels=max_pixels, batch_size=batch_size, jpeg_draft=jpeg_draft)

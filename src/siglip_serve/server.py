@@ -5,35 +5,65 @@ from __future__ import annotations
 
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 from siglip_serve.config import Settings, parse_model_entry
 from siglip_serve.engine.engine import Engine, EngineConfig
 from siglip_serve.errors import CheckpointNotFoundError
 
+if TYPE_CHECKING:
+    from siglip_serve.accounts.service import Accounts
+    from siglip_serve.storage.collections import LanceCollectionStore
+
 logger = logging.getLogger("siglip_serve")
 
 
 def build_engine(settings: Settings) -> Engine:
+    from pathlib import Path
+
     import torch
 
     from siglip_serve.model import load, quiet_transformers
+    from siglip_serve.models.runtime_choice import OpenVinoOptions
 
     if not settings.model:
         raise CheckpointNotFoundError("no model to serve: pass --model SPEC (or set SIGLIP_SERVE_MODEL)")
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     quiet_transformers()
+    # Threads: None, so that OpenVINO takes torch's count as set above (one setting sizes both runtimes).
+    openvino = OpenVinoOptions(cache_dir=Path(settings.openvino_cache_dir) if settings.openvino_cache_dir else None,
+                               calibration=Path(settings.calibration) if settings.calibration else None,
+                               min_cosine=settings.quantize_min_cosine)
     models = {}
     for entry in settings.model:
         name, spec = parse_model_entry(entry)
         logger.info("loading %s from %s", name, spec)
         models[name] = load(spec, device=settings.device, dtype=settings.dtype,
                             max_pixels=settings.max_image_pixels, batch_size=settings.max_batch_size,
-                            jpeg_draft=settings.jpeg_draft)
+                            jpeg_draft=settings.jpeg_draft, backend=settings.backend, quantize=settings.quantize,
+                            openvino=openvino)  # logs the runtime and dtype it chose, and why
         if settings.compile:
             logger.info("compiling %s for batches of up to %d", name, settings.max_batch_size)
             models[name].compile()
     return Engine(models, EngineConfig.from_settings(settings))
+
+
+def build_store(settings: Settings) -> LanceCollectionStore:
+    """The collections in `settings.data_dir` (a LanceDB database; created when missing)."""
+    from siglip_serve.storage.collections import LanceCollectionStore
+
+    logger.info("collections in %s", settings.data_dir)
+    return LanceCollectionStore(settings.data_dir, ann_index_threshold=settings.ann_index_threshold)
+
+
+def build_accounts(settings: Settings) -> Accounts:
+    """Keys, limits and metering over the key database (SQLite in the data dir, or --database-url), migrated."""
+    from siglip_serve.accounts.manage import build_accounts as build
+
+    accounts = build(settings)
+    logger.info("keys and usage in %s", accounts.store.url)
+    return accounts
 
 
 def serve(settings: Settings) -> int:
@@ -46,7 +76,8 @@ def serve(settings: Settings) -> int:
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = build_engine(settings)  # load before binding the port: a bad checkpoint fails fast
-    app = create_app(settings, engine)
+    accounts = build_accounts(settings)
+    app = create_app(settings, engine, collections=build_store(settings), accounts=accounts)
     # After its graceful shutdown uvicorn restores the previous SIGTERM handler and re-raises the
     # signal; with the default handler the process would die with 143 instead of exiting 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
@@ -62,4 +93,5 @@ def serve(settings: Settings) -> int:
         # be answered 503, so queue about that many (uvicorn's default of 2048 as the ceiling).
         backlog=min(2048, max(128, settings.max_connections)),
     )
+    accounts.store.close()  # the lifespan shutdown has written the last usage
     return 0

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import tiny_checkpoints
 from embed_job_inputs import BAD, GOOD, NOT_IMAGES, make_folder, serve_directory, unused_port, write_manifests
+from sample_images import encode, photo_like
 
 import siglip_serve
 from siglip_serve.cli import main
@@ -171,6 +172,35 @@ def test_another_model_or_other_options_refused(model: siglip_serve.Model, folde
     moved = siglip_serve.load(str(shutil.copytree(siglip1_dir, tmp_path / "moved")), device="cpu", dtype="float32")
     assert embed(moved, [folder], out).already_present == len(GOOD) + len(BAD)
     assert read_lance(out).num_rows == len(GOOD) + len(BAD)
+
+
+def test_interrupt_keeps_committed_rows(model: siglip_serve.Model, folder: Path, tmp_path: Path) -> None:
+    def ctrl_c(commits: int) -> None:
+        raise KeyboardInterrupt
+
+    out = tmp_path / "db" / "photos"
+    stopped = run_embed(EmbedOptions(sources=[str(folder)], out=str(out), batch_size=2, workers=1, commit_rows=3,
+                                     quiet=True), model=model, on_commit=ctrl_c)
+    assert stopped.interrupted and 3 <= read_lance(out).num_rows < len(GOOD) + len(BAD)
+    rest = embed(model, [folder], out)
+    assert not rest.interrupted and rest.already_present + rest.embedded + rest.failed == len(GOOD) + len(BAD)
+    assert sorted(read_lance(out).column("id").to_pylist()) == sorted([*GOOD, *BAD])
+
+
+@pytest.mark.parametrize("out_name", ["db/photos", "photos.parquet"])
+def test_output_inside_source_and_oversized_files(model: siglip_serve.Model, tmp_path: Path, out_name: str) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "small.png").write_bytes(encode(photo_like(6, 5), "PNG"))
+    (source / "video.bin").write_bytes(bytes(range(256)) * 8)  # not an image, over the limit: skipped
+    (source / "huge.jpg").write_bytes(encode(photo_like(300, 200), "JPEG"))  # an image over the limit: error
+    policy = FetchPolicy(max_bytes=1500)
+    assert (source / "small.png").stat().st_size < 1500 < (source / "huge.jpg").stat().st_size
+    first = embed(model, [source], source / out_name, policy=policy)
+    assert (first.embedded, first.failed, first.skipped) == (1, 1, 1), first.failures
+    assert "over the limit" in first.failures[0][1]
+    again = embed(model, [source], source / out_name, policy=policy)  # the output's own files are never inputs
+    assert (again.already_present, again.skipped, again.embedded) == (2, 1, 0)
 
 
 def test_sources_ids(folder: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from sample_images import encode, photo_like
 
 import siglip_serve
 from siglip_serve.errors import EmptyImageError, ImageTooLargeError, InvalidImageError, SiglipServeError
+from siglip_serve.memory import PILLOW_BLOCK_BYTES, configure_image_memory
 from siglip_serve.preprocess.images import ImageTransform, decode_image, load_image, prepare_image
 from siglip_serve.preprocess.pixel_budget import PixelBudget
 
@@ -502,3 +503,32 @@ def test_the_budget_is_released_after_an_exception() -> None:
     with pytest.raises(ImageTooLargeError):  # refused from the header, before any reservation
         prepare_image(png_with_header_only(400, 400), TRANSFORM, max_pixels=100_000, budget=budget)
     assert budget.in_use == 0 and budget.peak == 90_000
+
+
+# --- siglip_serve.memory -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pillow_block_size() -> Iterator[int]:
+    """Pillow's block size, restored after the test (it is process-wide)."""
+    saved = Image.core.get_block_size()
+    yield saved
+    Image.core.set_block_size(saved)
+
+
+def test_configure_image_memory_makes_large_images_mmapped_blocks(
+    pillow_block_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PILLOW_BLOCK_SIZE", raising=False)
+    settings = configure_image_memory()
+    assert Image.core.get_block_size() == settings["pillow_block_size"] == PILLOW_BLOCK_BYTES
+    assert PILLOW_BLOCK_BYTES > 32 * 1024 * 1024  # above glibc's largest dynamic mmap threshold (mallopt(3))
+    assert decode_image(encode(Image.new("RGB", (300, 200), GREEN), "PNG")).getpixel((1, 1)) == GREEN
+
+
+def test_configure_image_memory_leaves_an_operators_block_size(
+    pillow_block_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PILLOW_BLOCK_SIZE", "8m")
+    Image.core.set_block_size(8 * 1024 * 1024)  # what Pillow did with it on import
+    assert configure_image_memory()["pillow_block_size"] == 8 * 1024 * 1024

@@ -10,40 +10,60 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from siglip_serve.accounts.manage import pricing_of
+from siglip_serve.api.admin import router as admin_router
+from siglip_serve.api.collections import router as collections_router
 from siglip_serve.api.connections import ConnectionGuard
 from siglip_serve.api.errors import domain_error_response, install_error_handlers
+from siglip_serve.api.features import router as features_router
 from siglip_serve.api.routes import router
 from siglip_serve.api.security import ApiKeyGate
 from siglip_serve.config import Settings
 from siglip_serve.errors import RequestTooLargeError
 
 if TYPE_CHECKING:  # the HTTP layer never imports torch: the composition root (server.py) builds the engine
+    from siglip_serve.accounts.service import Accounts
     from siglip_serve.engine.engine import Engine
     from siglip_serve.metrics import Metrics
+    from siglip_serve.storage.collections import CollectionStore
 
 
-def create_app(settings: Settings, engine: Engine | Callable[[], Engine]) -> FastAPI:
-    """The app over `engine`, or over the engine a factory builds (in a thread) when the app starts."""
+def create_app(settings: Settings, engine: Engine | Callable[[], Engine], *,
+               collections: CollectionStore | None = None, accounts: Accounts | None = None) -> FastAPI:
+    """The app over `engine`, or over the engine a factory builds (in a thread) when the app starts;
+    `collections` serves /v1/collections (without it those routes answer 503); `accounts` checks stored keys,
+    limits and quotas and meters usage (without it only --api-key is checked, and nothing is metered)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.engine is None:
             app.state.engine = await asyncio.to_thread(engine)
         await app.state.engine.start()
+        if accounts is not None:
+            accounts.start(app.state.engine.metrics.registry)
         try:
             yield
         finally:
             await app.state.engine.stop(drain=True)
+            if accounts is not None:  # after the drain: the last requests are metered, then written
+                await asyncio.to_thread(accounts.stop)
 
     app = FastAPI(title="siglip-serve", version="0.1.0", lifespan=lifespan,
                   summary="OpenAI-compatible zero-shot image classification and embeddings for SigLIP models")
     app.state.settings = settings
     app.state.engine = None if callable(engine) else engine
+    app.state.collections = collections
+    app.state.accounts = accounts
+    app.state.pricing = accounts.pricing if accounts is not None else pricing_of(settings)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(collections_router)
+    app.include_router(features_router)
+    app.include_router(admin_router)
     # Outermost last: metrics see every answer, keys are checked before the body is read.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(ApiKeyGate, keys=settings.api_key, protect_docs_and_metrics=settings.protect_docs_and_metrics)
+    app.add_middleware(ApiKeyGate, keys=settings.api_key, protect_docs_and_metrics=settings.protect_docs_and_metrics,
+                       accounts=accounts)
     app.add_middleware(ConnectionGuard, body_timeout_s=settings.body_timeout_s,
                        max_header_bytes=settings.max_header_bytes, max_url_bytes=settings.max_url_bytes)
     app.add_middleware(RequestMetrics, app_ref=app)

@@ -38,6 +38,20 @@ STATUS: dict[type[errors.SiglipServeError], tuple[int, str]] = {
     errors.CheckpointNotFoundError: (500, "server_error"),
     errors.InvalidCheckpointError: (500, "server_error"),
     errors.UnsupportedModelError: (500, "server_error"),
+    errors.CollectionNotFoundError: (404, "not_found_error"),
+    errors.CollectionExistsError: (409, "conflict_error"),
+    errors.InvalidCollectionNameError: (400, "invalid_request_error"),
+    errors.ModelMismatchError: (400, "invalid_request_error"),
+    errors.LayerOutOfRangeError: (400, "invalid_request_error"),
+    errors.ResponseTooLargeError: (413, "invalid_request_error"),
+    # Keys and limits: OpenAI's types for 401/403/429 (error codes guide); see errors.RateLimitExceededError.
+    errors.PermissionDeniedError: (403, "permission_error"),
+    errors.RateLimitExceededError: (429, "rate_limit_error"),
+    errors.QuotaExceededError: (429, "insufficient_quota"),
+    errors.KeyNotFoundError: (404, "not_found_error"),
+    errors.KeyExistsError: (409, "conflict_error"),
+    errors.AccountsUnavailableError: (503, "service_unavailable_error"),
+    errors.AccountsConfigError: (500, "server_error"),
 }
 RETRY_AFTER_S = "1"
 # A message echoes user input only in short form (errors.shown); this caps whatever else slips through.
@@ -57,8 +71,9 @@ def status_of(exc: errors.SiglipServeError) -> tuple[int, str]:
 
 
 def error_response(status: int, message: str, *, type_: str, param: str | None = None,
-                   code: str | None = None) -> JSONResponse:
-    headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
+                   code: str | None = None, retry_after_s: int | None = None) -> JSONResponse:
+    retry_after = str(retry_after_s) if retry_after_s is not None else RETRY_AFTER_S
+    headers = {"Retry-After": retry_after} if status in (429, 503) else None
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
     if len(message) > MAX_MESSAGE_CHARS:
@@ -69,7 +84,10 @@ def error_response(status: int, message: str, *, type_: str, param: str | None =
 
 def domain_error_response(exc: errors.SiglipServeError) -> JSONResponse:
     status, type_ = status_of(exc)
-    return error_response(status, exc.message, type_=type_, param=exc.param, code=type(exc).__name__)
+    # An error may carry OpenAI's code (rate_limit_exceeded, insufficient_quota) and its own Retry-After.
+    return error_response(status, exc.message, type_=type_, param=exc.param,
+                          code=getattr(exc, "code", None) or type(exc).__name__,
+                          retry_after_s=getattr(exc, "retry_after_s", None))
 
 
 def install_error_handlers(app: FastAPI) -> None:

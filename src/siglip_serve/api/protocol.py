@@ -6,9 +6,9 @@ each named by its field so that errors point at the offending item.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from siglip_serve.engine.inputs import Input
 
@@ -65,6 +65,8 @@ class Usage(BaseModel):
     total_tokens: int
     text_tokens: int = 0
     images: int = 0
+    cost_usd: float = Field(0.0, description="What the request cost at the model's configured prices (see "
+                            "/v1/models; the default price is an example).")
 
 
 class EmbeddingsResponse(BaseModel):
@@ -175,8 +177,202 @@ class ModelCard(BaseModel):
     patch_size: int
     embedding_size: int
     text_length: int
+    # What the model pages show (issue #17); facts from the checkpoint registry, models/known_checkpoints.toml.
+    task: str = Field("zero-shot-image-classification", description="Hugging Face task; the model also serves "
+                      "/v1/embeddings and /v1/rerank.")
+    architecture: str = Field(description="e.g. 'SigLIP 2 ViT-So400m/14'.")
+    input_resolution: str = Field(description="e.g. '384x384', or 'NaFlex: up to 256 patches of 16x16'.")
+    parameters: int | None = Field(None, description="Parameters of both towers; null when the checkpoint is "
+                                   "not in the registry.")
+    license: str | None = Field(None, description="SPDX id of the weights' license; null when unknown.")
+    pricing: ModelPricing
+
+
+class ModelPricing(BaseModel):
+    currency: Literal["USD"] = "USD"
+    per_1k_images: float
+    per_1m_text_tokens: float
+    example: bool = Field(description="True while this is the built-in example price, not one that was configured "
+                          "(--price-per-1k-images, --price-per-1m-text-tokens, --model-price).")
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# --- /v1/collections ------------------------------------------------------------------
+
+MetadataValue = str | int | float | bool | None
+
+
+class CollectionCreateRequest(Strict):
+    name: str = Field(description="1-128 letters, digits, '-', '_' or '.', starting with a letter or digit.")
+    model: str | None = Field(None, description="The served model whose embeddings the collection holds "
+                              "(default: the only one served).")
+
+
+class Collection(BaseModel):
+    object: Literal["collection"] = "collection"
+    name: str
+    model: str = Field(description="The model its vectors were made with; searches and ingests must use it.")
+    embedding_size: int
+    count: int = Field(description="Items stored.")
+    index: str | None = Field(description="The ANN index (IVF_HNSW_SQ), or null: searches are exact.")
+    origin: Literal["api", "embed"] = Field(description="Made by POST /v1/collections or by `siglip-serve embed`.")
+
+
+class CollectionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Collection]
+
+
+class CollectionDeleted(BaseModel):
+    object: Literal["collection.deleted"] = "collection.deleted"
+    name: str
+    deleted: bool = True
+
+
+class CollectionItem(Strict):
+    id: str | None = Field(None, min_length=1, max_length=512,
+                           description="The item's id; an existing id is replaced. Generated when absent.")
+    image: str | None = Field(None, description="An http(s) URL, a data: URI or raw base64 image bytes.")
+    text: str | None = Field(None, description="A text to embed instead of an image.")
+    metadata: dict[str, Any] = Field(default_factory=dict,
+                                     description="Any JSON object, returned with search results; its top-level "
+                                     "strings, numbers, booleans and nulls can be filtered on.")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> CollectionItem:
+        if (self.image is None) == (self.text is None):
+            raise ValueError("an item has exactly one of image or text")
+        return self
+
+    def to_input(self, param: str) -> Input:
+        return Input(param=param, text=self.text, image=self.image)
+
+
+class ItemsRequest(Strict):
+    model: str | None = Field(None, description="Must be the collection's model if given.")
+    items: list[CollectionItem] = Field(description="Items to embed and store (upsert by id).")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ItemResult(BaseModel):
+    object: Literal["collection.item"] = "collection.item"
+    index: int = Field(description="The item's position in the request.")
+    id: str
+    status: Literal["upserted", "failed"]
+    error: ErrorDetail | None = Field(None, description="Why the item was not stored (it was not written at all).")
+
+
+class ItemsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[ItemResult]
+    upserted: int
+    failed: int
+    usage: Usage
+
+
+class DeleteItemsRequest(Strict):
+    ids: list[str] = Field(description="Ids of the items to delete; unknown ids are ignored.")
+
+
+class DeleteItemsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    deleted: int = Field(description="Items that existed and were deleted.")
+
+
+class SearchRequest(Strict):
+    model: str | None = Field(None, description="Must be the collection's model if given.")
+    query: str | TextItem | ImageItem = Field(description="A text, {text} or {image}.")
+    top_k: int = Field(10, ge=1, description="Results to return, best first.")
+    filter: dict[str, MetadataValue] | None = Field(
+        None, description="Metadata equality: only items whose metadata has every key with the given value. For "
+        "collections from `siglip-serve embed` the keys are its columns (source, width, height, manifest columns).")
+
+    def to_query(self) -> Input:
+        return to_input(self.query, "query", plain="text")
+
+
+class SearchResult(BaseModel):
+    object: Literal["search.result"] = "search.result"
+    id: str
+    score: float = Field(description="SigLIP's sigmoid probability of the (query, item) pair, as /v1/rerank's.")
+    cosine: float = Field(description="Cosine similarity of the query and item embeddings.")
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[SearchResult]
+    usage: Usage
+
+
+# --- /v1/admin/keys and /v1/usage -------------------------------------------------------
+
+
+class KeyLimits(Strict):
+    rpm: int | None = Field(None, ge=1, description="Requests per minute.")
+    images_per_minute: int | None = Field(None, ge=1)
+    images_per_day: int | None = Field(None, ge=0, description="Per UTC day.")
+    credit_usd: float | None = Field(None, ge=0, description="Lifetime budget at the configured prices.")
+
+
+class KeyCreateRequest(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    admin: bool = Field(False, description="May use /v1/admin/* and read every key's usage.")
+    expires: str | None = Field(None, description="A duration from now (30d, 12h, 2w) or an ISO date/time (UTC).")
+    models: list[str] | None = Field(None, description="Served model names the key may use; null: all.")
+    routes: list[str] | None = Field(None, description="Path prefixes the key may use, e.g. /v1/classify; null: "
+                                     "all. /v1/models and /v1/usage are always allowed.")
+    limits: KeyLimits = Field(default_factory=KeyLimits)
+
+
+class KeyInfo(BaseModel):
+    object: Literal["api_key"] = "api_key"
+    id: int
+    prefix: str = Field(description="The key's first characters, as shown in lists; the key is never shown again.")
+    name: str
+    admin: bool
+    created_at: int = Field(description="Unix seconds.")
+    expires_at: int | None
+    revoked_at: int | None
+    models: list[str] | None
+    routes: list[str] | None
+    limits: KeyLimits
+
+
+class KeyCreated(KeyInfo):
+    key: str = Field(description="The secret key: shown this once, only its hash is stored.")
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyInfo]
+
+
+class UsageBucket(BaseModel):
+    object: Literal["usage.day"] = "usage.day"
+    key_id: int = Field(description="0: requests made with a static --api-key or without a key.")
+    day: str = Field(description="UTC date, YYYY-MM-DD.")
+    model: str
+    requests: int
+    errors: int
+    images: int
+    text_tokens: int
+    cost_usd: float
+
+
+class UsageReport(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[UsageBucket]
+    total_cost_usd: float

@@ -16,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from siglip_serve.api import protocol as p
 from siglip_serve.api.errors import ClientDisconnected, error_response
 from siglip_serve.api.limits import check_classify, check_count, check_inputs
+from siglip_serve.api.model_cards import model_card
+from siglip_serve.api.security import admit, charge
 from siglip_serve.config import Settings
 from siglip_serve.engine.inputs import Input
 from siglip_serve.errors import DeadlineExceededError, InvalidParameterError
@@ -25,7 +27,8 @@ if TYPE_CHECKING:  # the HTTP layer never imports torch; the engine arrives thro
 
 T = TypeVar("T")
 
-# API keys are checked before the body is read (api.security.ApiKeyGate), not per route.
+# API keys, rate limits and quotas are checked before the body is read (api.security.ApiKeyGate); what
+# depends on the body (model, images) by `admit`, after parsing and before the engine.
 router = APIRouter()
 
 
@@ -67,8 +70,14 @@ async def run_request(request: Request, work: Awaitable[T], *, deadline: float) 
                                 f"{settings_of(request).request_timeout_s:g} s")
 
 
-def usage(used: Usage) -> p.Usage:
-    return p.Usage(**used.as_dict())
+def usage(used: Usage, request: Request | None = None, model: str | None = None) -> p.Usage:
+    """The response's usage; with the request and the model also its cost, metered with the request."""
+    cost = charge(request, model, used) if request is not None and model is not None else 0.0
+    return p.Usage(**used.as_dict(), cost_usd=cost)
+
+
+def images_in(inputs: list[Input]) -> int:
+    return sum(item.image is not None for item in inputs)
 
 
 @router.post("/v1/embeddings", response_model=p.EmbeddingsResponse)
@@ -83,13 +92,14 @@ async def embeddings(body: p.EmbeddingsRequest, request: Request) -> p.Embedding
             f"this model's embeddings have {served.info.embed_dim} dimensions, not {body.dimensions}",
             param="dimensions",
         )
+    admit(request, served.name, images=images_in(inputs))
     deadline = deadline_of(request)
     embeds, used = await run_request(
         request, engine.embed(served, inputs, normalize=body.normalize, deadline=deadline), deadline=deadline
     )
     data = [p.EmbeddingData(index=i, embedding=encode_embedding(row, body.encoding_format))
             for i, row in enumerate(embeds)]
-    return p.EmbeddingsResponse(data=data, model=served.name, usage=usage(used))
+    return p.EmbeddingsResponse(data=data, model=served.name, usage=usage(used, request, served.name))
 
 
 def encode_embedding(row: np.ndarray, encoding_format: str) -> list[float] | str:
@@ -105,6 +115,7 @@ async def classify(body: p.ClassifyRequest, request: Request) -> p.ClassifyRespo
     images = body.to_inputs()
     check_count(images, limit=settings.max_inputs, param="input")
     check_classify(body.labels, body.hypothesis_template, settings)
+    admit(request, served.name, images=len(images))
     deadline = deadline_of(request)
     results, used = await run_request(request, engine.classify(
         served, images, body.labels, templates=body.hypothesis_template, normalization=body.normalization,
@@ -115,7 +126,7 @@ async def classify(body: p.ClassifyRequest, request: Request) -> p.ClassifyRespo
                          predictions=[p.LabelScore(label=label, score=score) for label, score in ranked])
         for i, ranked in enumerate(results)
     ]
-    return p.ClassifyResponse(model=served.name, data=data, usage=usage(used))
+    return p.ClassifyResponse(model=served.name, data=data, usage=usage(used, request, served.name))
 
 
 @router.post("/v1/rerank", response_model=p.RerankResponse, response_model_exclude_none=True)
@@ -125,6 +136,7 @@ async def rerank(body: p.RerankRequest, request: Request) -> p.RerankResponse:
     documents, query = body.to_documents(), body.to_query()
     check_count(documents, limit=settings_of(request).max_documents, param="documents")
     check_inputs([query, *documents], settings_of(request))
+    admit(request, served.name, images=images_in([query, *documents]))
     deadline = deadline_of(request)
     order, used = await run_request(request, engine.rerank(
         served, query, documents, top_n=body.top_n, deadline=deadline
@@ -134,7 +146,7 @@ async def rerank(body: p.RerankRequest, request: Request) -> p.RerankResponse:
                        document=_as_item(body.documents[i]) if body.return_documents else None)
         for i, score in order
     ]
-    return p.RerankResponse(model=served.name, results=results, usage=usage(used))
+    return p.RerankResponse(model=served.name, results=results, usage=usage(used, request, served.name))
 
 
 def _as_item(document: p.Item) -> p.TextItem | p.ImageItem:
@@ -148,24 +160,21 @@ async def hf_zero_shot(model: str, body: p.HFZeroShotRequest, request: Request) 
     served = engine.resolve(model)
     labels = body.parameters.labels()
     check_classify(labels, body.parameters.hypothesis_template, settings, labels_param="parameters.candidate_labels")
+    admit(request, served.name, images=1)
     deadline = deadline_of(request)
-    results, _ = await run_request(request, engine.classify(
+    results, used = await run_request(request, engine.classify(
         served, [Input(param="inputs", image=body.inputs)], labels,
         templates=body.parameters.hypothesis_template, deadline=deadline,
     ), deadline=deadline)
+    usage(used, request, served.name)  # the HF shape has no usage field: metered only
     return [p.LabelScore(label=label, score=score) for label, score in results[0]]
 
 
 @router.get("/v1/models", response_model=p.ModelList)
 async def list_models(request: Request) -> p.ModelList:
-    cards = []
-    for served in engine_of(request).models.values():
-        info = served.info
-        cards.append(p.ModelCard(id=served.name, family=info.family, format=info.format,
-                                 image_size=info.image_size, max_num_patches=info.max_num_patches,
-                                 patch_size=info.patch_size,
-                                 embedding_size=info.embed_dim, text_length=info.text_length))
-    return p.ModelList(data=cards)
+    pricing = request.app.state.pricing
+    return p.ModelList(data=[model_card(served.name, served.info, pricing)
+                             for served in engine_of(request).models.values()])
 
 
 @router.get("/health")

@@ -20,13 +20,21 @@ import httpx
 import numpy as np
 import torch
 
-from siglip_serve.backend import Backend, ModelInfo
+from siglip_serve.backend import Backend, ModelInfo, serves_features
 from siglip_serve.config import Settings, default
 from siglip_serve.engine.admission import Admission
 from siglip_serve.engine.batcher import BatcherConfig, DynamicBatcher, ModelWorker
 from siglip_serve.engine.inputs import Input
 from siglip_serve.engine.label_cache import CachedText, LabelCache
-from siglip_serve.errors import EngineUnavailableError, SiglipServeError, UnknownModelError, shown
+from siglip_serve.errors import (
+    EmptyInputError,
+    EngineUnavailableError,
+    InvalidParameterError,
+    SiglipServeError,
+    UnknownModelError,
+    shown,
+)
+from siglip_serve.features import PatchFeatures, PatchLayout
 from siglip_serve.metrics import Metrics
 from siglip_serve.preprocess.fetch import FetchPolicy, make_client, read_image_reference
 from siglip_serve.preprocess.pixel_budget import PixelBudget
@@ -90,8 +98,16 @@ class Encoded:
     usage: Usage
 
 
+@dataclass(frozen=True)
+class FeatureItem:
+    """One prepared image for the features batcher, with the layer (0..L) its request asked for."""
+
+    prepared: Any
+    layer: int
+
+
 class ServedModel:
-    """A backend with its admission and its two batchers."""
+    """A backend with its admission and its batchers: images, texts and, where the backend has them, features."""
 
     def __init__(self, name: str, backend: Backend, config: EngineConfig, metrics: Metrics,
                  worker: ModelWorker) -> None:
@@ -116,6 +132,34 @@ class ServedModel:
             run_images, batcher_config("image"), observer=metrics, worker=worker)
         self.texts: DynamicBatcher[Any, torch.Tensor] = DynamicBatcher(
             run_texts, batcher_config("text"), observer=metrics, worker=worker)
+        self.patch_layout: PatchLayout | None = None
+        self.features: DynamicBatcher[FeatureItem, PatchFeatures] | None = None
+        if serves_features(backend):
+            self.patch_layout = backend.patch_layout  # type: ignore[attr-defined]
+            self.features = DynamicBatcher(_feature_runner(backend), batcher_config("features"), observer=metrics,
+                                           worker=worker)
+
+    @property
+    def batchers(self) -> list[DynamicBatcher]:
+        return [self.images, self.texts] + ([self.features] if self.features is not None else [])
+
+
+def _feature_runner(backend: Any) -> Any:
+    """The features batch function: one forward per distinct layer in the batch (requests of one layer share
+    a forward; a batch mixing layers runs one per layer), results in the batch's order."""
+
+    def run_features(items: list[FeatureItem]) -> list[PatchFeatures]:
+        rows_of: dict[int, list[int]] = {}
+        for row, item in enumerate(items):
+            rows_of.setdefault(item.layer, []).append(row)
+        results: list[Any] = [None] * len(items)
+        for layer, rows in rows_of.items():
+            encoded = backend.encode_patch_batch([items[row].prepared for row in rows], layer=layer)
+            for row, features in zip(rows, encoded, strict=True):
+                results[row] = features
+        return results
+
+    return run_features
 
 
 class Engine:
@@ -155,13 +199,13 @@ class Engine:
         self._pool = ThreadPoolExecutor(self.config.decode_workers, thread_name_prefix="siglip-decode")
         self._client = make_client(self.config.fetch)
         for served in self.models.values():
-            await served.images.start()
-            await served.texts.start()
+            for batcher in served.batchers:
+                await batcher.start()
 
     async def stop(self, *, drain: bool = True) -> None:
         for served in self.models.values():
-            await served.images.stop(drain=drain)
-            await served.texts.stop(drain=drain)
+            for batcher in served.batchers:
+                await batcher.stop(drain=drain)
         if self._client is not None:
             await self._client.aclose()
         if self._pool is not None:
@@ -173,7 +217,7 @@ class Engine:
     @property
     def healthy(self) -> bool:
         return self._pool is not None and all(
-            s.images.healthy and s.texts.healthy for s in self.models.values()
+            batcher.healthy for s in self.models.values() for batcher in s.batchers
         )
 
     def resolve(self, name: str | None) -> ServedModel:
@@ -285,6 +329,71 @@ class Engine:
         out[text_rows] = encoded.texts
         out[image_rows] = encoded.images
         return (l2_normalize(out) if normalize else out).numpy(), encoded.usage
+
+    async def embed_items(self, served: ServedModel, inputs: Sequence[Input], *, deadline: float | None
+                          ) -> tuple[list[np.ndarray | SiglipServeError], Usage]:
+        """Per input (text or image), its L2-normalized [D] float32 embedding, or the domain error that
+        stopped that input alone: an image that cannot be fetched or decoded, an invalid text.
+
+        For collection ingest, where one bad image must not fail its batch (`embed` fails the request).
+        Admitted as a whole like `encode`; the good items reach the batchers like any other request's.
+        """
+        self._check_serving()
+        results: list[np.ndarray | SiglipServeError | None] = [None] * len(inputs)
+        text_rows: list[int] = []
+        for i, item in enumerate(inputs):
+            if item.text is not None:
+                try:
+                    check_text(item.text, param=item.param)
+                    text_rows.append(i)
+                except SiglipServeError as exc:
+                    results[i] = exc
+        image_rows = [i for i, item in enumerate(inputs) if item.image is not None]
+        found = {inputs[i].text: self.cache.get(served.name, inputs[i].text) for i in text_rows}
+        missing = [text for text, entry in found.items() if entry is None]
+        self.metrics.cache_hits.inc(len(text_rows) - len(missing))
+        self.metrics.cache_misses.inc(len(missing))
+        with served.admission.reserve(len(image_rows) + len(missing)):
+            computed, prepared = await _gather_first_error([
+                self._encode_texts(served, missing, deadline=deadline),
+                _gather_first_error(self._prepare_or_error(served, inputs[i]) for i in image_rows),
+            ])
+            good = [(i, p) for i, p in zip(image_rows, prepared, strict=True) if not isinstance(p, SiglipServeError)]
+            embeds = await self._submit_chunked(served.images, [p for _, p in good], deadline=deadline)
+        found.update(computed)
+        for i, error in zip(image_rows, prepared, strict=True):
+            if isinstance(error, SiglipServeError):
+                results[i] = error
+        for (i, _), embedding in zip(good, embeds, strict=True):
+            results[i] = l2_normalize(embedding).numpy()
+        entries = [found[inputs[i].text] for i in text_rows]
+        for i, entry in zip(text_rows, entries, strict=True):
+            results[i] = l2_normalize(entry.embedding).numpy()
+        usage = Usage(text_tokens=sum(entry.num_tokens for entry in entries), images=len(good),
+                      image_tokens=len(good) * served.info.tokens_per_image)
+        return results, usage  # type: ignore[return-value]  # every slot is filled above
+
+    async def _prepare_or_error(self, served: ServedModel, item: Input) -> Any:
+        try:
+            return await self._prepare(served, item)
+        except SiglipServeError as exc:
+            return exc
+
+    async def patch_features(self, served: ServedModel, images: Sequence[Input], *, layer: int,
+                             deadline: float | None) -> tuple[list[PatchFeatures], Usage]:
+        """Per image, its patch tokens of `layer` and the pooled output of the same forward, as
+        `Model.encode_patches(..., pooled=True)`. The layer is checked and the images admitted before any work."""
+        self._check_serving()
+        if served.features is None or served.patch_layout is None:
+            raise InvalidParameterError(f"model {served.name} does not serve vision features", param="model")
+        index = served.patch_layout.resolve_layer(layer)
+        if not images:
+            raise EmptyInputError("at least one image is required", param="input")
+        with served.admission.reserve(len(images)):
+            prepared = await _gather_first_error(self._prepare(served, item) for item in images)
+            results = await self._submit_chunked(served.features, [FeatureItem(p, index) for p in prepared],
+                                                 deadline=deadline)
+        return results, Usage(images=len(images), image_tokens=len(images) * served.info.tokens_per_image)
 
     async def classify(self, served: ServedModel, images: Sequence[Input], labels: Sequence[str], *,
                        templates: str | Sequence[str] | None, normalization: str = "sigmoid",

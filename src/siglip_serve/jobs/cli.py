@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from siglip_serve.demo import DEMO_MODEL_NAME
@@ -58,6 +59,10 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="Exit non-zero when any input failed.")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_embed_command(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -77,6 +82,8 @@ def run_embed_command(args: argparse.Namespace) -> int:
         commit_rows=args.commit_rows, commit_seconds=args.commit_seconds, policy=policy,
     )
     quiet_transformers()
+    # `kill`, `docker stop` and Kubernetes send SIGTERM: stop as on Ctrl-C, committing the rows already embedded.
+    signal.signal(signal.SIGTERM, _interrupt)
     summary = run_embed(options)
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -24,6 +24,7 @@ from siglip_serve.errors import ImageTooLargeError, InvalidImageError, SiglipSer
 from siglip_serve.jobs.sources import Item
 from siglip_serve.preprocess.fetch import FetchPolicy, make_client, read_image_reference
 
+HEADER_BYTES = 64 * 1024  # enough for Pillow to identify any format it knows
 FETCH_CONCURRENCY = 16  # URLs in flight at once; decoding stays bounded by the worker count
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
@@ -88,9 +89,23 @@ def prepare_file(model: Any, item: Item, max_bytes: int) -> Outcome:
         return Outcome(item, error="empty image reference")
     try:
         data = read_file(item.reference, max_bytes)
+    except ImageTooLargeError as exc:
+        # A big file without an image suffix (a video, an archive) is skipped, not an error, unless its
+        # header says image: Pillow identifies formats from their first bytes.
+        if not item.must_be_image and not identifiable(read_head(item.reference)):
+            return Outcome(item, skipped=True)
+        return Outcome(item, error=exc.message)
     except SiglipServeError as exc:
         return Outcome(item, error=exc.message)
     return prepare_bytes(model, item, data)
+
+
+def read_head(path: str, size: int = HEADER_BYTES) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read(size)
+    except OSError:
+        return b""
 
 
 class Decoder:

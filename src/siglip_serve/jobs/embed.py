@@ -24,7 +24,14 @@ from siglip_serve.demo import DEMO_MODEL_NAME
 from siglip_serve.jobs.decode import Decoder
 from siglip_serve.jobs.pipeline import Pipeline
 from siglip_serve.jobs.sources import JobInputError, collect_inputs
-from siglip_serve.jobs.writer import FORMAT_NAME, FORMAT_VERSION, check_compatible, open_output, output_schema
+from siglip_serve.jobs.writer import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    check_compatible,
+    open_output,
+    output_paths,
+    output_schema,
+)
 from siglip_serve.preprocess.fetch import FetchPolicy
 
 PROBE_TEXT = "a photo of a cat"
@@ -111,7 +118,7 @@ def job_info(model: Any, options: EmbedOptions) -> dict[str, Any]:
         "patch_size": info.patch_size,
         "embed_dim": info.embed_dim,
         "embedding_dtype": "float16" if options.half else "float32",
-        "compute_dtype": _compute_dtype(model, options.dtype),
+        "compute_dtype": compute_dtype(model, options.dtype),
         "device": getattr(info, "device", options.device),
         "jpeg_draft": options.jpeg_draft,
         "normalization": "l2",
@@ -125,7 +132,7 @@ def job_info(model: Any, options: EmbedOptions) -> dict[str, Any]:
     }
 
 
-def _compute_dtype(model: Any, requested: str) -> str:
+def compute_dtype(model: Any, requested: str) -> str:
     """The dtype the towers run in, where the model says; else what was asked for."""
     towers = getattr(getattr(model, "checkpoint", None), "towers", None)
     dtype = getattr(towers, "dtype", None)
@@ -135,7 +142,7 @@ def _compute_dtype(model: Any, requested: str) -> str:
 def run_embed(options: EmbedOptions, *, model: Any = None, on_commit: Any = None) -> EmbedSummary:
     """Run the job. `model`: an already loaded `siglip_serve.Model` (else `options.model` is loaded)."""
     inputs = collect_inputs(options.sources, image_column=options.image_column, id_column=options.id_column,
-                            text_column=options.text_column)
+                            text_column=options.text_column, exclude=output_paths(options.out, options.format))
     if not inputs.items:
         raise JobInputError(f"no inputs found in {', '.join(options.sources)}")
     if options.labels is not None and not options.labels:

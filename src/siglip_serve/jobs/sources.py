@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,8 +63,12 @@ class Inputs:
 
 
 def collect_inputs(sources: Sequence[str], *, image_column: str = "image", id_column: str = "id",
-                   text_column: str | None = None) -> Inputs:
-    """Every item of every source, in a deterministic order, first occurrence of each id kept."""
+                   text_column: str | None = None, exclude: Sequence[Path] = ()) -> Inputs:
+    """Every item of every source, in a deterministic order, first occurrence of each id kept.
+
+    `exclude`: paths never read from a directory or a glob (the job's own output, when it lies inside a source).
+    """
+    excluded = {p.resolve() for p in exclude}
     items: list[Item] = []
     tables: list[pa.Table] = []
     renamed: dict[str, str] = {}
@@ -72,9 +76,9 @@ def collect_inputs(sources: Sequence[str], *, image_column: str = "image", id_co
     for source in sources:
         path = Path(source).expanduser()
         if glob.has_magic(source):
-            items += glob_items(source)
+            items += glob_items(source, excluded)
         elif path.is_dir():
-            items += directory_items(path)
+            items += directory_items(path, excluded)
         elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
             manifest_rows, table, names = manifest_items(path, image_column=image_column, id_column=id_column,
                                                          text_column=text_column, row_offset=row_offset)
@@ -96,23 +100,25 @@ def collect_inputs(sources: Sequence[str], *, image_column: str = "image", id_co
     return Inputs(list(unique.values()), unify_metadata(tables), duplicates, renamed)
 
 
-def directory_items(root: Path) -> list[Item]:
+def directory_items(root: Path, excluded: Set[Path] = frozenset()) -> list[Item]:
     items = []
     for directory, subdirs, files in os.walk(root):  # followlinks=False: a symlinked directory cannot loop
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        subdirs[:] = sorted(d for d in subdirs
+                            if not d.startswith(".") and (Path(directory) / d).resolve() not in excluded)
         for name in sorted(files):
             path = Path(directory) / name
-            if not name.startswith(".") and path.is_file():
+            if not name.startswith(".") and path.is_file() and path.resolve() not in excluded:
                 items.append(file_item(path, root))
     return items
 
 
-def glob_items(pattern: str) -> list[Item]:
+def glob_items(pattern: str, excluded: Set[Path] = frozenset()) -> list[Item]:
     parts = Path(pattern).expanduser().parts
     literal = parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))]
     root = Path(*literal) if literal else Path(".")
     matches = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
-    return [file_item(Path(m), root) for m in matches if Path(m).is_file()]
+    return [file_item(Path(m), root) for m in matches
+            if Path(m).is_file() and not any(p in excluded for p in (Path(m).resolve(), *Path(m).resolve().parents))]
 
 
 def file_item(path: Path, root: Path) -> Item:

@@ -231,9 +231,24 @@ def _write_atomically(table: pa.Table, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def open_output(out: str, fmt: str | None) -> LanceOutput | ParquetOutput:
+def chosen_format(out: str, fmt: str | None) -> str:
     """`fmt` None: Parquet when --out ends in .parquet, else Lance."""
-    chosen = fmt or ("parquet" if out.lower().endswith(".parquet") else "lance")
+    return fmt or ("parquet" if out.lower().endswith(".parquet") else "lance")
+
+
+def output_paths(out: str, fmt: str | None) -> list[Path]:
+    """The local paths the output occupies, so that a source directory around them does not read them."""
+    if "://" in out:
+        return []
+    if chosen_format(out, fmt) == "parquet":
+        path = Path(out).expanduser().absolute()
+        return [path, path.with_name(path.name + ".parts")]
+    database, name = split_lance_out(out)
+    return [Path(database) / f"{name}.lance"]
+
+
+def open_output(out: str, fmt: str | None) -> LanceOutput | ParquetOutput:
+    chosen = chosen_format(out, fmt)
     if chosen == "parquet":
         return ParquetOutput(out)
     if chosen == "lance":

@@ -4,16 +4,23 @@ Policy:
 
 - device "auto" is CUDA when torch sees a GPU, else the CPU. Anything else ("cpu", "cuda", "cuda:1")
   is passed to `torch.device` as given.
-- dtype "auto" is bfloat16 on a CPU with native bf16 dot products (the `avx512_bf16` or `amx_bf16`
-  flag in /proc/cpuinfo: Cooper Lake, Zen 4 and later, Sapphire Rapids), and float32 everywhere
-  else, CUDA included. Named dtypes (`DTYPES`) are used as given on any device.
+- dtype "auto" is float32 on every device. Named dtypes (`DTYPES`) are used as given on any device.
 
-Why: on a CPU with native bf16, bf16 against fp32 (bench/results/demo_accuracy.md, model_only.md)
-gives embedding cosine >= 0.9999 and >= 99.9% top-1 agreement, on trained (demo) and random
-base-224 weights, at 2.0x the speed. Without native support bf16 is emulated and slower, so auto
-keeps float32. On CUDA auto stays float32 until the GPU numerics are measured; pass bfloat16 or
-float16 to opt in. Whatever the dtype, the towers return float32 embeddings and read the learned
-temperature before any cast (`towers.SiglipTowers`).
+Why float32 on the CPU, even where /proc/cpuinfo lists `avx512_bf16` or `amx_bf16`: a flag says an
+instruction exists, not that it is fast. With the same flag, torch bf16 at base-224 was 1.9x fp32 on
+an AMD EPYC (Zen 4; bench/results/model_only.md) and 0.69x fp32 on an Intel Xeon without AMX (issue
+#18, one interleaved run), so a flag rule makes the default slower *and* less exact on some CPUs.
+A short timing at load time cannot settle it either on a shared machine: on the 2-core EPYC at
+load 5-8, ten interleaved fp32/bf16 pairs of the base-224 image tower gave per-pair ratios from
+0.23 to 1.86 (median 1.24, where the quiet figure is 1.87), so a "bf16 if >= 1.3x" rule would
+flip with the neighbours' load and the flip would be cached. And the embeddings a server returns
+(and stores in collections) should follow from its settings, not from a timing. So auto keeps the
+exact dtype; `--dtype bfloat16` is the measured opt-in where bench/model_only.py shows it faster
+(embedding cosine >= 0.9999 and >= 99.9% top-1 agreement vs fp32, bench/results/demo_accuracy.md),
+and `--backend openvino` the faster CPU path (models/openvino_backend.py). On CUDA auto stays
+float32 until the GPU numerics are measured; pass bfloat16 or float16 to opt in. Whatever the dtype,
+the towers return float32 embeddings and read the learned temperature before any cast
+(`towers.SiglipTowers`).
 """
 
 from __future__ import annotations
@@ -36,16 +43,17 @@ DTYPES = {
 }
 
 # /proc/cpuinfo flags of x86 CPUs with bf16 dot products (Cooper Lake, Zen 4 and later; AMX on Sapphire Rapids).
+# Only reported in the reason for the choice: they do not decide it (see the module docstring).
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CPUINFO = Path("/proc/cpuinfo")
 
 
 @cache
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU does bf16 arithmetic natively (read once: the flags cannot change while running)."""
+    """Whether this CPU reports bf16 dot products (read once: the flags cannot change while running)."""
     try:
         flags = CPUINFO.read_text().split()
-    except OSError:  # not Linux: no way to tell cheaply, stay with float32
+    except OSError:  # not Linux: no way to tell cheaply
         return False
     return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
@@ -58,11 +66,22 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto' is bfloat16 on CPUs with native bf16 arithmetic, float32 elsewhere (see the module docstring)."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise InvalidParameterError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}",
-                                    param="dtype") from None
+    """'auto' is float32 on every device (see the module docstring); a named dtype is used as given."""
+    return resolve_dtype_with_reason(dtype, device)[0]
+
+
+def resolve_dtype_with_reason(dtype: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """The dtype `resolve_dtype` picks and, for the startup log, why."""
+    if dtype != "auto":
+        try:
+            return DTYPES[dtype], f"--dtype {dtype} as given"
+        except KeyError:
+            raise InvalidParameterError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}",
+                                        param="dtype") from None
+    if device.type != "cpu":
+        return torch.float32, f"auto: float32 on {device.type} until its half-precision numerics are measured"
+    if cpu_has_native_bf16():
+        return torch.float32, ("auto: float32 on the CPU (exact); this CPU lists bf16 instructions, which are "
+                               "faster on some CPUs and slower on others: measure with bench/model_only.py "
+                               "and pass --dtype bfloat16 if it wins")
+    return torch.float32, "auto: float32 on the CPU (exact; no native bf16 on this CPU)"

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from siglip_serve.errors import InvalidCheckpointError, UnsupportedModelError
+from siglip_serve.features import PatchFeatures, PatchLayout
 from siglip_serve.models.checkpoint import Checkpoint, Family, cross_check_known
+from siglip_serve.models.features import run_vision_layer
 from siglip_serve.models.hf import load_transformers_module, read_json
 from siglip_serve.models.tokenizer_files import build_tokenizer
 from siglip_serve.models.towers import SiglipTowers
@@ -66,6 +68,26 @@ class NaFlexTowers(SiglipTowers):
         ).pooler_output
         return pooled.float().cpu()
 
+    @property
+    def patch_layout(self) -> PatchLayout:
+        """No fixed grid: each image has its own spatial shape, of at most `max_num_patches` patches."""
+        vision = self.module.config.vision_config
+        return PatchLayout(num_layers=int(vision.num_hidden_layers), hidden_size=int(vision.hidden_size),
+                           patch_size=int(vision.patch_size), grid=None, max_patches=self.max_num_patches)
+
+    @torch.inference_mode()
+    def encode_patch_features(self, prepared: Sequence[NaFlexPixels], layer: int) -> list[PatchFeatures]:
+        """Per image, only its real patches of `layer`: `collate` puts them first, in the row-major order of
+        its spatial shape (Siglip2ImageProcessor's convert_image_to_patches); the padding after them is dropped."""
+        pixel_values, mask, shapes = collate(prepared, max_num_patches=self.max_num_patches)
+        tokens, pooled = run_vision_layer(
+            self.module.vision_model, layer, pixel_values=self.to_device(pixel_values, self.dtype),
+            pixel_attention_mask=self.to_device(mask), spatial_shapes=shapes,
+        )
+        tokens, pooled = tokens.float().cpu(), pooled.float().cpu()
+        return [PatchFeatures(features=tokens[i, : item.num_patches].clone(), grid=item.spatial_shape,
+                              pooled=pooled[i].clone())
+                for i, item in enumerate(prepared)]
 
 def collate(
     prepared: Sequence[NaFlexPixels], *, max_num_patches: int

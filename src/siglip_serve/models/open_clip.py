@@ -8,6 +8,15 @@ The open_clip state dict is mapped onto transformers' `SiglipModel`, checking ev
 Same weights, different function (open_clip timm_model.py, transformer.py): open_clip's SigLIP 1 towers
 use the exact erf GELU, so the HF modules get `hidden_act="gelu"`, not the tanh approximation HF
 checkpoints use (~1e-3 apart).
+
+Dense patch features (`Model.encode_patches`, siglip_serve/features.py) of an open_clip checkpoint are those of
+open_clip's timm trunk (timm vision_transformer.py): timm's SigLIP towers have no class token (class_token=False,
+num_prefix_tokens 0), so every token is a patch, row-major. Layer k in 1..L-1 is open_clip's
+`model.forward_intermediates(image, image_indices=[k-1], intermediates_only=True, image_output_fmt="NLC")` (the
+output of timm block k-1; the default "NCHW" is the same tokens as [d, h, w]); layer L (= -1) is
+`visual.trunk.forward_features(image)`, after the trunk's `norm` (= the last intermediate with
+normalize_intermediates=True); layer 0, the patch and position embeddings, has no forward_intermediates index
+(it is `trunk._pos_embed(trunk.patch_embed(image))`). Checked against open_clip in tests/golden/open_clip.
 """
 
 from __future__ import annotations

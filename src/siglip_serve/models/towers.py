@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from siglip_serve.backend import Temperature
+from siglip_serve.features import PatchFeatures, PatchLayout
+from siglip_serve.models.features import eager, run_vision_layer
 
 
 class SiglipTowers:
@@ -41,6 +43,26 @@ class SiglipTowers:
         Fixed-resolution checkpoints stack [3, H, W] arrays; NaFlex overrides this.
         """
         return self.encode_images(torch.from_numpy(np.stack(prepared)))
+
+    @property
+    def patch_layout(self) -> PatchLayout:
+        """A fixed grid of (image_size // patch_size)^2 patches: so400m/14 at 384 is 27 x 27 (the conv drops 6 px)."""
+        vision = self.module.config.vision_config
+        side = int(vision.image_size) // int(vision.patch_size)
+        return PatchLayout(num_layers=int(vision.num_hidden_layers), hidden_size=int(vision.hidden_size),
+                           patch_size=int(vision.patch_size), grid=(side, side), max_patches=side * side)
+
+    @torch.inference_mode()
+    def encode_patch_features(self, prepared: Sequence[Any], layer: int) -> list[PatchFeatures]:
+        """Per image, the tokens of `layer` (0..L, see siglip_serve.features) and the pooled output, one forward."""
+        pixel_values = self.to_device(torch.from_numpy(np.stack(prepared)), self.dtype)
+        tokens, pooled = run_vision_layer(eager(self.module.vision_model), layer, pixel_values=pixel_values)
+        grid = self.patch_layout.grid
+        assert grid is not None and tokens.shape[1] == grid[0] * grid[1], (tokens.shape, grid)
+        # Cloned rows: a view would keep the whole batch alive as long as one image's features are.
+        tokens, pooled = tokens.float().cpu(), pooled.float().cpu()
+        return [PatchFeatures(features=tokens[i].clone(), grid=grid, pooled=pooled[i].clone())
+                for i in range(tokens.shape[0])]
 
     def to_device(self, tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Host -> device; on CUDA through pinned memory, so the copy is asynchronous."""

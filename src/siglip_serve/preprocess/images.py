@@ -128,9 +128,13 @@ def check_image_size(image: Image.Image, *, max_pixels: int) -> None:
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB with any transparency composited onto white, as transformers' `convert_to_rgb`."""
     if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        # No copy of an RGBA image (convert to its own mode copies), and the white background is
+        # freed before the last conversion: at most three full images (source, composite, RGB) are
+        # alive at once, 12 bytes a pixel for RGBA (Pillow stores RGB in 4 bytes too), not 20.
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        composited = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        del rgba
+        return composited.convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
 
 

@@ -5,6 +5,8 @@ torchvision, which the project must not install; shared notes §7):
     python3 -m venv /tmp/ocvenv
     /tmp/ocvenv/bin/pip install open_clip_torch safetensors ftfy transformers sentencepiece protobuf
     HF_HUB_OFFLINE=1 /tmp/ocvenv/bin/python tests/golden/open_clip/make_golden.py
+    # only (re)compute the dense patch features of the committed checkpoint, leaving it and the rest as they are:
+    HF_HUB_OFFLINE=1 /tmp/ocvenv/bin/python tests/golden/open_clip/make_golden.py --features-only
 
 The checkpoint is written by open_clip's own `push_to_hf_hub.save_for_hf` (open_clip_config.json with
 `model_cfg` and `preprocess_cfg`, open_clip_model.safetensors, open_clip_pytorch_model.bin, tokenizer
@@ -14,6 +16,7 @@ factory, tokenizer and transform reading those files, as they would for the hub 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
@@ -216,6 +219,57 @@ def open_clip_outputs(image_files: list[str]) -> dict[str, np.ndarray]:
     }
 
 
+def open_clip_patch_features(image_files: list[str]) -> dict[str, np.ndarray]:
+    """The image tower's patch tokens at its first, penultimate and last layer, as open_clip and timm give them.
+
+    siglip_serve numbers layers as transformers' hidden_states (siglip_serve/features.py): layer 0 is the patch
+    embeddings plus position embeddings, layer k (1..L-1) the output of timm block k-1, which is open_clip's
+    `forward_intermediates(image_indices=[k-1])`, and layer L the final output after the trunk's norm, which is
+    timm's `forward_features` (= the last intermediate with normalize_intermediates=True). timm's SigLIP towers
+    have no class token (class_token=False: num_prefix_tokens 0), so every token is a patch; open_clip's default
+    "NCHW" output is the same tokens as [d, h, w], "NLC" as [h*w, d] in row-major order, which is ours.
+    """
+    import open_clip
+    from PIL import Image
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{GOLDEN}")
+    model.eval()
+    trunk = model.visual.trunk
+    assert trunk.num_prefix_tokens == 0 and trunk.cls_token is None, "SigLIP has no class token"
+    depth = len(trunk.blocks)
+    pixels = torch.stack([preprocess(Image.open(GOLDEN / name).convert("RGB")) for name in image_files])
+    with torch.no_grad():
+        embeddings = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(pixels))))
+        blocks = model.forward_intermediates(image=pixels, image_indices=list(range(depth)), intermediates_only=True,
+                                             image_output_fmt="NLC")["image_intermediates"]
+        final = trunk.forward_features(pixels)
+        normalized = model.forward_intermediates(image=pixels, image_indices=[depth - 1], intermediates_only=True,
+                                                 image_output_fmt="NLC", normalize_intermediates=True)
+        nchw = model.forward_intermediates(image=pixels, image_indices=[depth - 1], intermediates_only=True)
+        pooled = model.encode_image(pixels)
+    torch.testing.assert_close(normalized["image_intermediates"][0], final, atol=0, rtol=0)
+    side = IMAGE_SIZE // TIMM_ARGS["patch_size"]
+    torch.testing.assert_close(nchw["image_intermediates"][0].permute(0, 2, 3, 1).reshape(len(pixels), side * side, -1),
+                               blocks[-1], atol=0, rtol=0)
+    layers = {0: embeddings, **{k: blocks[k - 1] for k in range(1, depth)}, depth: final}
+    out = {f"features_layer_{k}": tokens.numpy() for k, tokens in layers.items()}
+    out["features_pooled"] = pooled.numpy()
+    return out
+
+
+def add_features_to_golden() -> None:
+    """Add (or replace) the features in golden.npz and golden.json, keeping every other entry byte for byte."""
+    info = json.loads((GOLDEN / "golden.json").read_text())
+    with np.load(GOLDEN / "golden.npz") as stored:
+        arrays = {key: stored[key] for key in stored.files if not key.startswith("features_")}
+    register_tiny_timm_tower()
+    arrays.update(open_clip_patch_features(info["images"]))
+    np.savez_compressed(GOLDEN / "golden.npz", **arrays)
+    info["features_versions"] = versions()
+    (GOLDEN / "golden.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    print({k: v.shape for k, v in arrays.items() if k.startswith("features_")}, versions())
+
+
 def versions() -> dict[str, str]:
     import ftfy
     import open_clip
@@ -248,15 +302,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         build_checkpoint(Path(work))
     outputs = open_clip_outputs(image_files)
+    outputs.update(open_clip_patch_features(image_files))
     probabilities = outputs["probabilities"]
     assert 0.05 < probabilities.mean() < 0.95, "saturated sigmoids prove nothing (notes §1)"
     np.savez_compressed(GOLDEN / "golden.npz", **outputs)
     (GOLDEN / "golden.json").write_text(json.dumps({
         "images": image_files, "texts": TEXTS, "ftfy_texts": FTFY_TEXTS, "versions": versions(),
-        "timm_model": {"name": TIMM_NAME, **TIMM_ARGS},
+        "timm_model": {"name": TIMM_NAME, **TIMM_ARGS}, "features_versions": versions(),
     }, indent=2, ensure_ascii=False) + "\n")
     print({name: array.shape for name, array in outputs.items()}, versions())
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features-only", action="store_true",
+                        help="only add the patch features of the committed checkpoint to golden.npz/golden.json")
+    if parser.parse_args().features_only:
+        add_features_to_golden()
+    else:
+        main()
