@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         "photo and stops decompression bombs."))
     max_decode_pixels: int = Field(128_000_000, ge=1, description=(
         "Pixels being decoded at once across all requests; further decodes wait their turn. Bounds decode "
-        "memory (about 6 bytes per pixel while converting to RGB)."))
+        "memory (RGB is 4 bytes per pixel; compositing alpha needs up to 12)."))
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest request body; over it: 413.")
     max_inputs: int = Field(256, ge=1, description="Most inputs (images or texts) in one request.")
     max_labels: int = Field(2048, ge=1, description="Most candidate labels in one classify request.")

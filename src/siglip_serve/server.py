@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from siglip_serve.config import Settings, parse_model_entry
 from siglip_serve.engine.engine import Engine, EngineConfig
 from siglip_serve.errors import CheckpointNotFoundError
+from siglip_serve.memory import configure_image_memory
 
 if TYPE_CHECKING:
     from siglip_serve.accounts.service import Accounts
@@ -28,6 +29,7 @@ def build_engine(settings: Settings) -> Engine:
 
     if not settings.model:
         raise CheckpointNotFoundError("no model to serve: pass --model SPEC (or set SIGLIP_SERVE_MODEL)")
+    logger.info("image memory: %s", configure_image_memory())
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     quiet_transformers()
