@@ -8,6 +8,7 @@ Part 1, latency. One process, one event loop, several apps over the same analyti
   sqlite      a stored key with every limit set (rpm, images/min, images/day, credit), checked and
               metered, usage flushed every second: SQLite in a temporary data directory
   postgresql  the same on a PostgreSQL 15 server started here (tests/postgres.py; skipped without one)
+  ..., --key-cache-ttl-s 1   the same, reading the key revision at most once a second instead of per request
 Sequential POST /v1/classify (one image, two labels) through httpx's ASGI transport, the configurations
 interleaved request by request (rotating order) so that load on a shared machine falls on all alike.
 Added latency = percentile(config) - percentile(none). Beside it, the accounts calls alone per request.
@@ -101,10 +102,12 @@ async def latency(dbs: dict[str, dict[str, Any]], *, requests: int, warmup: int)
     }
     accounts: dict[str, Accounts] = {}
     for name, db in dbs.items():
-        settings = Settings(model=["fake"], **db)
-        key = new_key(settings, f"bench-{name}", LIMITS)
-        configs[name] = (settings, {"Authorization": f"Bearer {key}"})
-        accounts[name] = manage.build_accounts(settings)
+        for ttl in (0.0, 1.0):
+            config = name if not ttl else f"{name}, --key-cache-ttl-s 1"
+            settings = Settings(model=["fake"], key_cache_ttl_s=ttl, **db)
+            key = new_key(settings, f"bench-{config}", LIMITS)
+            configs[config] = (settings, {"Authorization": f"Bearer {key}"})
+            accounts[config] = manage.build_accounts(settings)
     times: dict[str, list[float]] = {name: [] for name in configs}
     async with contextlib.AsyncExitStack() as stack:
         clients = {name: await stack.enter_async_context(serving(settings, accounts.get(name)))

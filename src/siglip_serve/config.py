@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     replicas: int = Field(1, ge=1, description=(
         "Server processes or replicas sharing the key database: each enforces 1/N of every key's per-minute "
         "limits (rate limits are counted per process; quotas are shared through the database)."))
+    key_cache_ttl_s: float = Field(0.0, ge=0, le=60, description=(
+        "0: read the key revision on every request, so a key revoked anywhere is refused on its next request. "
+        "N > 0: read it at most every N s (saves a database round trip per request on PostgreSQL; a key revoked "
+        "by another process is refused within N s; revocations through this server stay immediate)."))
     usage_flush_interval_s: float = Field(1.0, gt=0, le=60, description=(
         "How often metered usage is written to the database; a crash loses at most about this much."))
     price_per_1k_images: float = Field(0.235, ge=0, description=(

@@ -62,6 +62,8 @@ class LiveServer:
         command += list(args)
         if "--dtype" not in args:  # results are compared with the float32 library and transformers
             command += ["--dtype", "float32"]
+        if "--data-dir" not in args:  # collections and keys of a test never touch the user's data directory
+            command += ["--data-dir", str(log_path.parent / f"data-{self.port}")]
         self.command = command
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
         env = {k: v for k, v in env.items() if not k.startswith("SIGLIP_SERVE_")}

@@ -181,6 +181,24 @@ def test_a_key_revoked_by_another_process_is_refused_on_its_next_request(url: st
         server.authenticate(f"Bearer {key}", "/v1/embeddings")
 
 
+def test_with_a_key_cache_ttl_another_process_revocation_takes_up_to_the_ttl(url: str) -> None:
+    clock = Clock()
+    server, admin = accounts_over(url, clock, key_cache_ttl_s=5.0), accounts_over(url, clock)
+    key, other = add_key(admin, "a"), add_key(admin, "b")
+    for token in (key, other):
+        server.authenticate(f"Bearer {token}", "/v1/embeddings")
+    manage.revoke_key(admin.store, prefix_of(key), now=clock.now())
+    clock.advance(4.9)
+    server.authenticate(f"Bearer {key}", "/v1/embeddings")  # the revision was read 4.9 s ago
+    clock.advance(0.1)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        server.authenticate(f"Bearer {key}", "/v1/embeddings")
+    manage.revoke_key(server.store, prefix_of(other), now=clock.now())
+    server.invalidate()  # revoked through this process (its admin routes): refused at once
+    with pytest.raises(AuthenticationError, match="revoked"):
+        server.authenticate(f"Bearer {other}", "/v1/embeddings")
+
+
 def test_an_expired_key_is_refused_from_its_expiry_on(url: str) -> None:
     clock = Clock()
     accounts = accounts_over(url, clock)

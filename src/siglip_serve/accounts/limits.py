@@ -87,11 +87,6 @@ class RateLimiter:
                           count)
         return bucket
 
-    def forget(self, key_ids: Iterable[int]) -> None:
-        for key_id in key_ids:
-            self._buckets.pop((key_id, "requests"), None)
-            self._buckets.pop((key_id, "images"), None)
-
 
 def _refuse_after(wait: float, key: KeyRecord, what: str, limit: int | None, requested: int) -> None:
     if wait <= 0:

@@ -48,7 +48,7 @@ def build_accounts(settings: Settings, **overrides: object) -> Accounts:
     store, hasher = open_store(settings)
     return Accounts(store, hasher, pricing=pricing, static_keys=settings.api_key, replicas=settings.replicas,
                     flush_interval_s=settings.usage_flush_interval_s, metrics_max_keys=settings.metrics_max_keys,
-                    **overrides)  # type: ignore[arg-type]
+                    key_cache_ttl_s=settings.key_cache_ttl_s, **overrides)  # type: ignore[arg-type]
 
 
 def pricing_of(settings: Settings) -> Pricing:

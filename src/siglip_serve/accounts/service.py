@@ -1,9 +1,11 @@
 """`Accounts`: who is calling, whether they may, and what it cost; for the HTTP gate and the routes.
 
 Per request, before the body: read the key revision (one row; a change drops every cached key, so a key
-revoked or changed by any process, the CLI included, is refused on the very next request), find the key
-by its public prefix (cached), check its keyed hash in constant time, its expiry, route, quotas and
-request rate. After the body (`admit`): its model and images. When it answers (`finish`): meter it.
+revoked or changed by any process, the CLI included, is refused on the very next request; with
+`--key-cache-ttl-s N` it is read at most every N seconds instead, saving a database round trip per request,
+and another process's revocation takes up to N s), find the key by its public prefix (cached), check its
+keyed hash in constant time, its expiry, route, quotas and request rate. After the body (`admit`): its model
+and images. When it answers (`finish`): meter it.
 
 Authentication is required as soon as static keys are configured or the database has ever held a key;
 a server with neither is open, and its requests are metered without a key.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,7 +69,8 @@ class StoreLike(KeyStore, UsageSink, Protocol):
 class Accounts:
     def __init__(self, store: StoreLike, hasher: KeyHasher, *, pricing: Pricing, static_keys: Sequence[str] = (),
                  replicas: int = 1, flush_interval_s: float = 1.0, metrics_max_keys: int = 50,
-                 clock: Callable[[], float] = time.monotonic, now: Callable[[], dt.datetime] = utcnow) -> None:
+                 key_cache_ttl_s: float = 0.0, clock: Callable[[], float] = time.monotonic,
+                 now: Callable[[], dt.datetime] = utcnow) -> None:
         self.store = store
         self.hasher = hasher
         self.pricing = pricing
@@ -78,7 +82,9 @@ class Accounts:
         self.meter = UsageMeter(store, interval_s=flush_interval_s, on_flushed=self._flushed)
         self.metrics_max_keys = metrics_max_keys
         self.metrics: KeyMetrics | None = None
+        self.key_cache_ttl_s = key_cache_ttl_s
         self._revision: int | None = None
+        self._revision_read_at = -math.inf
         self._keys: dict[str, StoredKey | None] = {}
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -95,10 +101,7 @@ class Accounts:
 
     def authenticate(self, authorization: str, path: str) -> Principal:
         """The caller, allowed on `path`; else AuthenticationError (401) or PermissionDeniedError (403)."""
-        revision = self.store.revision()
-        if revision != self._revision:
-            self._keys.clear()
-            self._revision = revision
+        revision = self._current_revision()
         scheme, _, token = authorization.partition(" ")
         token = token.strip() if scheme.lower() == "bearer" else ""
         if token and self._is_static(token):
@@ -117,6 +120,21 @@ class Accounts:
         if principal.record is not None:
             self.ledger.check(principal.record)
             self.limiter.admit_request(principal.record)
+
+    def _current_revision(self) -> int:
+        """The key revision: read on every request (TTL 0), else at most every `key_cache_ttl_s` seconds."""
+        now = self.clock()
+        if self._revision is None or now - self._revision_read_at >= self.key_cache_ttl_s:
+            revision = self.store.revision()
+            self._revision_read_at = now
+            if revision != self._revision:
+                self._keys.clear()
+                self._revision = revision
+        return self._revision
+
+    def invalidate(self) -> None:
+        """Keys changed through this process: read the revision on the next request whatever the TTL."""
+        self._revision_read_at = -math.inf
 
     def _is_static(self, token: str) -> bool:
         # Every static key is compared, never stopping early: timing says nothing about which one matched.

@@ -57,6 +57,7 @@ async def create_key(body: p.KeyCreateRequest, request: Request) -> p.KeyCreated
                   routes=tuple(body.routes) if body.routes is not None else None,
                   limits=Limits(**body.limits.model_dump()))
     created = await asyncio.to_thread(manage.create_key, accounts.store, accounts.hasher, spec, now=now)
+    accounts.invalidate()
     return p.KeyCreated(**key_info(created.record).model_dump(), key=created.key)
 
 
@@ -76,7 +77,9 @@ async def get_key(key: str, request: Request) -> p.KeyInfo:
 async def revoke_key(key: str, request: Request) -> p.KeyInfo:
     """Revoke (the key and its usage stay listed, marked revoked); every server refuses it from the next request."""
     accounts = accounts_of(request)
-    return key_info(await asyncio.to_thread(manage.revoke_key, accounts.store, key, now=accounts.now()))
+    revoked = await asyncio.to_thread(manage.revoke_key, accounts.store, key, now=accounts.now())
+    accounts.invalidate()  # refused here from the next request even with --key-cache-ttl-s
+    return key_info(revoked)
 
 
 @router.get("/v1/usage", response_model=p.UsageReport)

@@ -156,5 +156,6 @@ class RequestMetrics:
 
 
 def _error_type(code: int) -> str:
-    return {400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "too_large", 422: "invalid",
-            429: "overloaded", 499: "client_closed", 503: "unavailable", 504: "timeout"}.get(code, "other")
+    return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 408: "request_timeout",
+            409: "conflict", 413: "too_large", 414: "url_too_long", 422: "invalid", 429: "overloaded",
+            431: "header_too_large", 499: "client_closed", 503: "unavailable", 504: "timeout"}.get(code, "other")

@@ -238,6 +238,10 @@ class LanceCollectionStore:
         with self._lock(self._index_locks, name):  # one build per collection; writers go on meanwhile
             config = index_config(self.index, rows=table.count_rows(layout.items_filter))
             table.create_index(VECTOR, config=config, replace=True)
+            if isinstance(layout, ApiLayout):  # serves the array_has_all prefilter of metadata filters
+                from lancedb.index import LabelList
+
+                table.create_index("tags", config=LabelList(), replace=True)
         return self.get(name)
 
     def wait_for_indexing(self, timeout: float | None = None) -> None:
