@@ -19,8 +19,8 @@ def test_the_http_layer_cannot_build_models() -> None:
     siglip_serve.api imports the server, the engine or the model modules (issue #13: no import circle)."""
     code = ("import sys; import siglip_serve.api.app, siglip_serve.api.routes; "
             "print(sorted(m for m in sys.modules if m == 'siglip_serve.model' or m.startswith(("
-            "'siglip_serve.server', 'siglip_serve.engine.engine', 'siglip_serve.scoring', 'siglip_serve.models.loader', "
-            "'siglip_serve.models.towers'))))")
+            "'siglip_serve.server', 'siglip_serve.engine.engine', 'siglip_serve.scoring', "
+            "'siglip_serve.models.loader', 'siglip_serve.models.towers'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout
 
