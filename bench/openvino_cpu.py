@@ -57,6 +57,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--labels", type=int, default=10, help="Texts per text-tower call (a cold request).")
     parser.add_argument("--busy", type=int, default=2, help="Busy processes in the contention pass (0: none).")
     parser.add_argument("--threads", type=int, default=None, help="torch (and OpenVINO) threads.")
+    parser.add_argument("--server-rounds", type=int, default=3, help="Server starts per runtime (0: none).")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
     return parser.parse_args()
@@ -187,6 +188,7 @@ def numerics_row(model_name: str, name: str, model: Any, got: tuple[torch.Tensor
            "top1_agreement": float((logits.argmax(1) == ref_logits.argmax(1)).float().mean()),
            "prob_max_abs_diff": float((logits.sigmoid() - ref_logits.sigmoid()).abs().max()),
            "logit_max_abs_diff": float((logits - ref_logits).abs().max()),
+           "fp32_top1_margin_median": float((lambda top: (top[:, 0] - top[:, 1]).median())(ref_logits.topk(2).values)),
            "images": int(got[0].shape[0]), "labels": len(labels)}
     if truth is not None:
         predicted = [labels[i] for i in logits.argmax(1).tolist()]
@@ -233,8 +235,45 @@ def bench_model(model_name: str, args: argparse.Namespace, report: Report) -> tu
         if truth is not None:
             numerics.insert(0, numerics_row(model_name, REFERENCE, models[REFERENCE], ref, ref, labels, truth,
                                             models[REFERENCE]))
+    if model_name == "base-224" and args.server_rounds:
+        with stage("base-224 server startup"):
+            servers = server_startup(directory, cache_dir, args.server_rounds)
+        report.add("server_startup", servers)
+        report.section("Server startup, base-224 (process start to healthy; OpenVINO from its cache)",
+                       common.markdown_table(servers, [
+                           ("runtime", "runtime", ""), ("startup_s_median", "startup s (median)", ".1f"),
+                           ("startups", "each", ""), ("vs_torch", "× torch", ".2f"), ("logged", "startup log", "")]))
     report.note(f"{model_name}: load average after it {[round(x, 2) for x in os.getloadavg()]}")
     return rows, numerics, startup
+
+
+SERVER_RUNTIMES = {"torch fp32": [], "openvino fp32": ["--backend", "openvino"],
+                   "openvino int8-weights": ["--backend", "openvino", "--quantize", "int8-weights"],
+                   "openvino int8": ["--backend", "openvino", "--quantize", "int8"]}
+
+
+def server_startup(directory: Path, cache_dir: Path, rounds: int) -> list[dict[str, Any]]:
+    """`siglip-serve serve` from process start to a healthy /health, interleaved; OpenVINO from its cache
+    (the entries `load` made: same options, threshold 0)."""
+    import loadgen
+
+    extra = ["--openvino-cache-dir", str(cache_dir), "--quantize-min-cosine", "0", "--log-level", "info"]
+    seconds: dict[str, list[float]] = {name: [] for name in SERVER_RUNTIMES}
+    logged: dict[str, str] = {}
+    for _ in range(rounds):
+        for name, flags in SERVER_RUNTIMES.items():
+            port = loadgen.free_port()
+            command = loadgen.siglip_serve_command(directory, port=port, dtype="float32", extra=[*flags, *extra])
+            with loadgen.ServerProcess(command, port=port, name=name.replace(" ", "-")) as server:
+                server.wait_healthy()
+                seconds[name].append(server.startup_s or 0.0)
+                logged[name] = next((line.split(": ", 1)[-1] for line in server.log_tail(20000).splitlines()
+                                     if "siglip_serve.models:" in line and ("OpenVINO" in line or "torch on" in line)),
+                                    "")
+    torch_s = statistics.median(seconds["torch fp32"])
+    return [{"runtime": name, "startup_s_median": statistics.median(values), "startups": values,
+             "vs_torch": statistics.median(values) / torch_s, "logged": logged[name]}
+            for name, values in seconds.items()]
 
 
 THROUGHPUT_COLUMNS = [("model", "model", ""), ("condition", "load", ""), ("runtime", "runtime", ""),
@@ -246,6 +285,7 @@ THROUGHPUT_COLUMNS = [("model", "model", ""), ("condition", "load", ""), ("runti
 NUMERICS_COLUMNS = [("model", "model", ""), ("runtime", "runtime", ""), ("image_cos_min", "image cos min", ".6f"),
                     ("text_cos_min", "text cos min", ".6f"), ("top1_agreement", "top-1 agree", ".1%"),
                     ("prob_max_abs_diff", "max |Δp|", ".4f"), ("logit_max_abs_diff", "max |Δlogit|", ".3f"),
+                    ("fp32_top1_margin_median", "fp32 top-1 margin", ".3f"),
                     ("accuracy", "accuracy", ".1%"), ("applied", "applied (held-out cos)", ""),
                     ("passes_0.995", "passes 0.995", ""), ("images", "images", "d"), ("labels", "labels", "d")]
 

@@ -76,9 +76,20 @@ def store(url: str) -> Iterator[SqlAccountStore]:
     opened.close()
 
 
+_OPENED: list[SqlAccountStore] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_stores() -> Iterator[None]:
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
 def accounts_over(url: str, clock: Clock, **options: object) -> Accounts:
     """An Accounts as one server process would have it, on its own store (its own connections and caches)."""
     opened = SqlAccountStore.open(url)
+    _OPENED.append(opened)
     hasher = KeyHasher(SECRET)
     opened.check_secret(hasher.fingerprint())
     return Accounts(opened, hasher, pricing=PRICING, clock=clock, now=clock.now, **options)  # type: ignore[arg-type]
@@ -445,3 +456,26 @@ def test_the_keys_command(url: str, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert json.loads(capsys.readouterr().out) == []
     assert main(["keys", "revoke", "999", *where]) == 2
     assert "no key '999'" in capsys.readouterr().err
+
+
+def test_model_cards_show_what_the_model_pages_show() -> None:
+    from siglip_serve.api.model_cards import model_card
+    from siglip_serve.backend import ModelInfo
+
+    so400m = ModelInfo(name="google/siglip-so400m-patch14-384", family="siglip", format="hf", image_size=384,
+                       patch_size=14, embed_dim=1152, text_length=64, tokens_per_image=729, device="cpu")
+    naflex = ModelInfo(name="google/siglip2-so400m-patch16-naflex", family="siglip2", format="hf-naflex",
+                       image_size=None, patch_size=16, embed_dim=1152, text_length=64, tokens_per_image=256,
+                       device="cpu", max_num_patches=256)
+    local = dataclasses.replace(so400m, name="/models/my-finetune")
+    pricing = Pricing.parse(per_1k_images=0.235, per_1m_text_tokens=0.02, model_prices=["naflex=0.5:0.1"])
+    card = model_card("so400m", so400m, pricing)
+    assert (card.architecture, card.input_resolution, card.parameters, card.license) == (
+        "SigLIP ViT-So400m/14", "384x384", 878_000_000, "Apache-2.0")
+    assert card.pricing.per_1k_images == 0.235 and card.pricing.example
+    card = model_card("naflex", naflex, pricing)
+    assert (card.architecture, card.input_resolution) == ("SigLIP 2 ViT-So400m/16",
+                                                          "NaFlex: up to 256 patches of 16x16")
+    assert (card.pricing.per_1k_images, card.pricing.per_1m_text_tokens, card.pricing.example) == (0.5, 0.1, False)
+    card = model_card("mine", local, pricing)
+    assert card.parameters is None and card.license is None and card.task == "zero-shot-image-classification"

@@ -19,6 +19,7 @@ from siglip_serve.api import protocol as p
 from siglip_serve.api.errors import status_of
 from siglip_serve.api.limits import check_count, check_inputs
 from siglip_serve.api.routes import deadline_of, engine_of, run_request, settings_of, usage
+from siglip_serve.api.security import admit
 from siglip_serve.errors import (
     EngineUnavailableError,
     InvalidParameterError,
@@ -128,6 +129,7 @@ async def upsert_items(name: str, body: p.ItemsRequest, request: Request) -> p.I
         if first.setdefault(item_id, i) != i:
             raise InvalidParameterError(f"id {shown(item_id)} is also items[{first[item_id]}]'s",
                                         param=f"items[{i}].id")
+    admit(request, served.name, images=sum(item.image is not None for item in inputs))
     deadline = deadline_of(request)
     embeds, used = await run_request(request, engine.embed_items(served, inputs, deadline=deadline),
                                      deadline=deadline)
@@ -142,7 +144,7 @@ async def upsert_items(name: str, body: p.ItemsRequest, request: Request) -> p.I
                          error=error_detail(error) if error else None) for i, error in enumerate(errors)]
     failed = sum(error is not None for error in errors)
     return p.ItemsResponse(model=served.name, data=data, upserted=len(errors) - failed, failed=failed,
-                           usage=usage(used))
+                           usage=usage(used, request, served.name))
 
 
 @router.delete("/{name}/items", response_model=p.DeleteItemsResponse)
@@ -160,10 +162,11 @@ async def search(name: str, body: p.SearchRequest, request: Request) -> p.Search
     served = model_for(engine, collection, body.model)
     query = body.to_query()
     check_inputs([query], settings)
+    admit(request, served.name, images=int(query.image is not None))
     deadline = deadline_of(request)
     embeds, used = await run_request(request, engine.embed(served, [query], deadline=deadline), deadline=deadline)
     hits: list[Any] = await asyncio.to_thread(store.search, name, embeds[0], top_k=body.top_k, where=body.filter)
     temperature = served.backend.temperature
     data = [p.SearchResult(id=hit.id, score=siglip_score(hit.cosine, temperature), cosine=hit.cosine,
                            metadata=hit.metadata) for hit in hits]
-    return p.SearchResponse(model=served.name, data=data, usage=usage(used))
+    return p.SearchResponse(model=served.name, data=data, usage=usage(used, request, served.name))

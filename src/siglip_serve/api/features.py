@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request, Response
 from siglip_serve.api.features_protocol import DECODING, FeaturesRequest, FeaturesResponse
 from siglip_serve.api.limits import check_count
 from siglip_serve.api.routes import deadline_of, engine_of, run_request, settings_of
+from siglip_serve.api.security import admit, charge
 from siglip_serve.errors import InvalidParameterError
 from siglip_serve.features import PatchFeatures, PatchLayout, Pooling, check_pooling, check_response_floats
 
@@ -41,6 +42,7 @@ async def vision_features(body: FeaturesRequest, request: Request) -> Response:
     layer = layout.resolve_layer(body.layer)
     check_pooling(pooling, layer, layout)
     check_response_floats(layout, images=len(images), pooling=pooling, limit=settings.max_feature_floats)
+    admit(request, served.name, images=len(images))
     deadline = deadline_of(request)
     results, used = await run_request(
         request, engine.patch_features(served, images, layer=layer, deadline=deadline), deadline=deadline)
@@ -48,12 +50,12 @@ async def vision_features(body: FeaturesRequest, request: Request) -> Response:
             "pooling": pooling.value, "dtype": body.dtype, "encoding_format": body.encoding_format}
     content = await asyncio.to_thread(
         response_body, head, results, pooling=pooling, dtype=body.dtype, encoding_format=body.encoding_format,
-        usage=used.as_dict())
+        usage={**used.as_dict(), "cost_usd": charge(request, served.name, used)})
     return Response(content=content, media_type="application/json")
 
 
 def response_body(head: dict[str, Any], results: Sequence[PatchFeatures], *, pooling: Pooling, dtype: str,
-                  encoding_format: str, usage: dict[str, int]) -> bytes:
+                  encoding_format: str, usage: dict[str, float]) -> bytes:
     data = [{"object": "vision.features", "index": i, **encode_array(pooled_array(result, pooling), dtype,
                                                                       encoding_format, param=f"input[{i}]")}
             for i, result in enumerate(results)]

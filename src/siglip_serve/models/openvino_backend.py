@@ -138,7 +138,8 @@ def openvino_checkpoint(checkpoint: Checkpoint, *, dtype: str, quantize: str, op
                                        run=lambda model: _runner(core.compile_model(model, "CPU", check_config)))
         return Converted(models, meta)
 
-    entry = cached(root, cache_key(content_hash(checkpoint.directory), key_options), build)
+    checkpoint_hash = content_hash(checkpoint.directory, root / "file-hashes.json")
+    entry = cached(root, cache_key(checkpoint_hash, key_options), build)
     if quantized:
         warn_about(entry.meta, synthetic=options.calibration is None)
     compiled = {tower: core.compile_model(str(entry.model_path(tower)), "CPU", config) for tower in TOWERS}

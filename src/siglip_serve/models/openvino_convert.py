@@ -85,16 +85,52 @@ def _checkpoint_files(directory: Path) -> Iterator[Path]:
             yield path
 
 
-def content_hash(directory: Path) -> str:
-    """sha256 over the relative names and bytes of the checkpoint's files."""
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    for path in _checkpoint_files(directory):
-        digest.update(str(path.relative_to(directory)).encode() + b"\0")
-        digest.update(str(path.stat().st_size).encode() + b"\0")
-        with path.open("rb") as handle:
-            while chunk := handle.read(CHUNK_BYTES):
-                digest.update(chunk)
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
     return digest.hexdigest()
+
+
+def content_hash(directory: Path, memo_path: Path | None = None) -> str:
+    """sha256 over the relative names and the sha256 of each file of the checkpoint.
+
+    A file's sha256 is remembered in `memo_path` with its size, mtime and inode, and read again only
+    when one of them changes (as git's index does): hashing so400m's 3.5 GB at every start would cost
+    seconds, a restart with the same files none.
+    """
+    memo = _read_memo(memo_path)
+    digest = hashlib.sha256()
+    changed = False
+    for path in _checkpoint_files(directory):
+        stat = path.stat()
+        signature = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        key = str(path.resolve())
+        if memo.get(key, {}).get("stat") != signature:
+            memo[key] = {"stat": signature, "sha256": file_sha256(path)}
+            changed = True
+        digest.update(str(path.relative_to(directory)).encode() + b"\0" + memo[key]["sha256"].encode())
+    if changed and memo_path is not None:
+        _write_atomically(memo_path, json.dumps(memo, indent=1, sort_keys=True))
+    return digest.hexdigest()
+
+
+def _read_memo(path: Path | None) -> dict[str, Any]:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        memo = json.loads(path.read_text())
+    except (OSError, ValueError):  # unreadable or torn by hand: start again, it is only a memo
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def cache_key(checkpoint_hash: str, options: dict[str, Any]) -> str:
