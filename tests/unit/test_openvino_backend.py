@@ -172,12 +172,20 @@ def conversions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @needs_openvino
 def test_a_second_load_hits_the_cache(siglip1_dir: Path, tmp_path: Path, conversions: list[str],
-                                      caplog: pytest.LogCaptureFixture) -> None:
+                                      monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from siglip_serve.models import openvino_convert
+
+    hashed: list[Path] = []
+    file_sha256 = openvino_convert.file_sha256
+    monkeypatch.setattr(openvino_convert, "file_sha256", lambda path: hashed.append(path) or file_sha256(path))
     with caplog.at_level(logging.INFO, logger="siglip_serve"):
         first = openvino_model(siglip1_dir, tmp_path)
         assert conversions == ["vision", "text"]
+        assert "model.safetensors" in {path.name for path in hashed}
+        hashed.clear()
         second = openvino_model(siglip1_dir, tmp_path)
     assert conversions == ["vision", "text"]  # no conversion the second time
+    assert hashed == []  # nor a read of the unchanged files: their hashes are remembered by size, mtime, inode
     assert "; converted in " in first.checkpoint.towers.description
     assert "; cached in " in second.checkpoint.towers.description
     assert any("OpenVINO" in r.getMessage() and "cached in" in r.getMessage() for r in caplog.records)

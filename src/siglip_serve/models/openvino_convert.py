@@ -58,6 +58,8 @@ def convert_tower(module: torch.nn.Module, tower: str, *, image_size: int, text_
         # The tracer warns that shape checks (position embeddings vs image size, head dims) become
         # constants: they are constants, the resolution and text length being fixed per checkpoint.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # transformers' deprecation of is_gradient_checkpointing, hit by the tracer reading module attributes.
+        warnings.simplefilter("ignore", FutureWarning)
         if tower == "vision":
             shape = [2, 3, image_size, image_size]  # batch 2 in the example: batch 1 can be traced as a constant
             return ov.convert_model(_PooledVision(module.vision_model).eval(), example_input=torch.zeros(shape),

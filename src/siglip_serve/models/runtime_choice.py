@@ -20,6 +20,7 @@ Free of openvino imports, so that the choice can be made (and tested) without it
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -78,9 +79,14 @@ def check_names(backend: str, quantize: str) -> None:
 
 
 def openvino_missing() -> str | None:
-    """Why OpenVINO cannot be used here (None: it can). Looks for the packages without importing them."""
-    missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
-    return f"{' and '.join(missing)} not installed ({INSTALL_HINT})" if missing else None
+    """Why OpenVINO cannot be used here (None: it can). Imports the packages: a broken install counts as missing."""
+    missing = []
+    for name in ("openvino", "nncf"):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            missing.append(f"{name} ({exc})" if importlib.util.find_spec(name) else name)
+    return f"{' and '.join(missing)} not importable ({INSTALL_HINT})" if missing else None
 
 
 def choose_backend(backend: str, *, quantize: str, device: torch.device, missing: str | None,
@@ -111,7 +117,8 @@ def load_for_backend(spec: str, *, device: str, dtype: str, backend: str, quanti
                      options: OpenVinoOptions | None = None) -> Checkpoint:
     """Load `spec` on the runtime `choose_backend` picks and log the runtime, dtype and why."""
     torch_device = resolve_device(device)
-    choice = choose_backend(backend, quantize=quantize, device=torch_device, missing=openvino_missing(), naflex=False)
+    missing = openvino_missing() if backend != "torch" else None  # importing them takes a second
+    choice = choose_backend(backend, quantize=quantize, device=torch_device, missing=missing, naflex=False)
     if choice.backend == "torch":
         return _torch_checkpoint(spec, torch_device, dtype, choice, quantize=quantize)
     # The conversion source is always the float32 module; `dtype` becomes OpenVINO's inference precision.
@@ -122,7 +129,7 @@ def load_for_backend(spec: str, *, device: str, dtype: str, backend: str, quanti
         precision, _ = resolve_dtype_with_reason(dtype, torch_device)
         return _torch_checkpoint(spec, torch_device, dtype, choice, quantize=quantize,
                                  loaded=checkpoint if precision == torch.float32 else None)
-    from siglip_serve.models.openvino_backend import OpenVinoOptions, openvino_checkpoint
+    from siglip_serve.models.openvino_backend import openvino_checkpoint
 
     converted = openvino_checkpoint(checkpoint, dtype=dtype, quantize=quantize, options=options or OpenVinoOptions())
     logger.info("%s: %s (%s)", spec, converted.towers.description, choice.reason)
