@@ -12,7 +12,7 @@ just after it, so a change in the machine's load hits both sides; the table give
 the pooled figures. The end-to-end rate (input listing, model probe, table creation) is reported too.
 
     python bench/embed_job.py --quick     # smoke: ~2 min (plus ~1 min to build the checkpoint once)
-    python bench/embed_job.py             # ~8 min on this 2-core CPU when it is quiet
+    python bench/embed_job.py             # ~5 min on this 2-core CPU when it is quiet
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def parse_args() -> argparse.Namespace:
                         help="Random-weight checkpoint at real dimensions (real compute cost).")
     parser.add_argument("--model", default=None, help="A checkpoint directory instead of --arch ('demo': the demo).")
     parser.add_argument("--sizes", default="640x480,1600x1200")
-    parser.add_argument("--images", type=int, default=128, help="Images per round (a whole number of batches).")
-    parser.add_argument("--rounds", type=int, default=4, help="Alternations of model-only timing and a job.")
+    parser.add_argument("--images", type=int, default=96, help="Images per round (a whole number of batches).")
+    parser.add_argument("--rounds", type=int, default=3, help="Alternations of model-only timing and a job.")
     parser.add_argument("--unique", type=int, default=16, help="Distinct JPEGs per size (copied to --images files).")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtypes", default="auto", help="Comma-separated model dtypes (auto: the library's default).")
