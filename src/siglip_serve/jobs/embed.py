@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,8 +140,10 @@ def compute_dtype(model: Any, requested: str) -> str:
     return str(dtype).removeprefix("torch.") if dtype is not None else requested
 
 
-def run_embed(options: EmbedOptions, *, model: Any = None, on_commit: Any = None) -> EmbedSummary:
-    """Run the job. `model`: an already loaded `siglip_serve.Model` (else `options.model` is loaded)."""
+def run_embed(options: EmbedOptions, *, model: Any = None,
+              on_commit: Callable[[int], None] | None = None) -> EmbedSummary:
+    """Run the job. `model`: an already loaded `siglip_serve.Model` (else `options.model` is loaded);
+    `on_commit(count)` runs after each commit (tests use it to kill the job at a known point)."""
     inputs = collect_inputs(options.sources, image_column=options.image_column, id_column=options.id_column,
                             text_column=options.text_column, exclude=output_paths(options.out, options.format))
     if not inputs.items:

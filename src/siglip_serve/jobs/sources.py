@@ -107,8 +107,9 @@ def directory_items(root: Path, excluded: Set[Path] = frozenset()) -> list[Item]
                             if not d.startswith(".") and (Path(directory) / d).resolve() not in excluded)
         for name in sorted(files):
             path = Path(directory) / name
-            if not name.startswith(".") and path.is_file() and path.resolve() not in excluded:
-                items.append(file_item(path, root))
+            resolved = path.resolve()
+            if not name.startswith(".") and resolved not in excluded and resolved.is_file():
+                items.append(file_item(path, root, resolved))
     return items
 
 
@@ -116,13 +117,16 @@ def glob_items(pattern: str, excluded: Set[Path] = frozenset()) -> list[Item]:
     parts = Path(pattern).expanduser().parts
     literal = parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))]
     root = Path(*literal) if literal else Path(".")
-    matches = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
-    return [file_item(Path(m), root) for m in matches
-            if Path(m).is_file() and not any(p in excluded for p in (Path(m).resolve(), *Path(m).resolve().parents))]
+    items = []
+    for match in sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True)):
+        resolved = Path(match).resolve()
+        if resolved.is_file() and not any(p in excluded for p in (resolved, *resolved.parents)):
+            items.append(file_item(Path(match), root, resolved))
+    return items
 
 
-def file_item(path: Path, root: Path) -> Item:
-    return Item(id=path.relative_to(root).as_posix(), reference=str(path.resolve()),
+def file_item(path: Path, root: Path, resolved: Path) -> Item:
+    return Item(id=path.relative_to(root).as_posix(), reference=str(resolved),
                 must_be_image=path.suffix.lower() in IMAGE_SUFFIXES)
 
 

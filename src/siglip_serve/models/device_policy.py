@@ -10,16 +10,17 @@ Why float32 on the CPU, even where /proc/cpuinfo lists `avx512_bf16` or `amx_bf1
 instruction exists, not that it is fast. With the same flag, torch bf16 at base-224 was 1.9x fp32 on
 an AMD EPYC (Zen 4; bench/results/model_only.md) and 0.69x fp32 on an Intel Xeon without AMX (issue
 #18, one interleaved run), so a flag rule makes the default slower *and* less exact on some CPUs.
-A short timing at load time cannot settle it either on a shared machine: on the 2-core EPYC at
-load 5-8, ten interleaved fp32/bf16 pairs of the base-224 image tower gave per-pair ratios from
-0.23 to 1.86 (median 1.24, where the quiet figure is 1.87), so a "bf16 if >= 1.3x" rule would
-flip with the neighbours' load and the flip would be cached. And the embeddings a server returns
-(and stores in collections) should follow from its settings, not from a timing. So auto keeps the
-exact dtype; `--dtype bfloat16` is the measured opt-in where bench/model_only.py shows it faster
-(embedding cosine >= 0.9999 and >= 99.9% top-1 agreement vs fp32, bench/results/demo_accuracy.md),
-and `--backend openvino` the faster CPU path (models/openvino_backend.py). On CUDA auto stays
-float32 until the GPU numerics are measured; pass bfloat16 or float16 to opt in. Whatever the dtype,
-the towers return float32 embeddings and read the learned temperature before any cast
+A short timing at load time cannot settle it either on a shared machine: on the same 2-core EPYC,
+interleaved runs of the base-224 image tower measured bf16 at 2.03x fp32 quiet, 1.75x beside two busy
+processes, and 0.57x, 1.07x, 1.34x and 1.20x with other jobs on the machine (bench/results/
+openvino_cpu*.md); ten interleaved pairs at load 5-8 gave per-pair ratios from 0.23 to 1.86. A
+"bf16 if >= 1.3x" rule would flip with the neighbours' load, and the flip would be cached. And the
+embeddings a server returns (and stores in collections) should follow from its settings, not from a
+timing. So auto keeps the exact dtype. The opt-ins: `--dtype bfloat16` where bench/model_only.py
+shows it faster (embedding cosine >= 0.9999 and >= 99.9% top-1 agreement vs fp32,
+bench/results/demo_accuracy.md), and `--backend openvino` (models/openvino_backend.py). On CUDA auto
+stays float32 until the GPU numerics are measured; pass bfloat16 or float16 to opt in. Whatever the
+dtype, the towers return float32 embeddings and read the learned temperature before any cast
 (`towers.SiglipTowers`).
 """
 

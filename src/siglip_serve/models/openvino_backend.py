@@ -14,10 +14,12 @@ Compilation (OpenVINO docs, "CPU Device" and "Performance Hints and Thread Sched
   model thread), so a second stream would never get a request, and would split the cores.
 - ``INFERENCE_NUM_THREADS``: torch's intra-op thread count (``--torch-threads``), so both runtimes
   are sized by the same setting.
-- ``ENABLE_CPU_PINNING=False`` unless asked: pinned threads cannot move away from a core that a
-  neighbour (image decoding, HTTP, another process) keeps busy, and the slowest pinned thread then
-  sets the pace of every layer (Intel, "OpenVINO inference time increases when running multiple
-  processes", article 000058227; measured under contention in bench/results/openvino_cpu.md).
+- ``ENABLE_CPU_PINNING=False`` unless asked (the plugin pins by default on Linux): pinned threads
+  cannot move away from a core that a neighbour (image decoding, HTTP, another process) keeps busy
+  (Intel, "OpenVINO inference time increases when running multiple processes", article 000058227).
+  Measured at base-224 on the 2-core EPYC, pinned was 7% faster quiet, equal with two busy processes
+  beside it, and 8% and 16% slower with other jobs on the machine (bench/results/openvino_cpu*.md):
+  a server shares its cores.
 - ``CACHE_DIR``: OpenVINO's own cache of compiled blobs, beside the converted models, so a cached
   start imports the compiled model instead of compiling it.
 """

@@ -44,10 +44,11 @@ INSTALL_HINT = 'pip install "siglip-serve[cpu-fast]" (openvino and nncf)'
 
 # The least cosine (vs float32, on held-out inputs) at which a quantized tower is served; below it the
 # tower falls back one step (int8 -> int8 weights -> float32; models/openvino_quantize.py). Why 0.995:
-# a normal result is far above it (issue #18 at base-224: int8 weights 0.99980, full int8 0.99722;
-# the demo model in bench/results/openvino_cpu.md), while a failed calibration (activation outliers
-# clipped by a bad range) falls far below. At cosine c a normalized embedding moves by sqrt(2(1 - c)):
-# 0.1 of its length at 0.995, where top-1 agreement in the bench already falls to the mid-90s.
+# every normal result measured is above it (bench/results/openvino_cpu.md: int8 weights 0.9995-0.9998,
+# full int8 0.9969-0.9992 on the demo and base-224; issue #18: 0.99722), while a failed quantization is
+# below it (the tiny test checkpoint's full int8: 0.974). At cosine c a normalized embedding moves by
+# sqrt(2(1 - c)), a tenth of its length at 0.995. It is a guard against a broken result, not a
+# guarantee for your images: the check is only as good as the held-out set (see models/calibration.py).
 DEFAULT_MIN_COSINE = 0.995
 
 
