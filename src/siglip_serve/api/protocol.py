@@ -297,6 +297,7 @@ class SearchRequest(Strict):
     filter: dict[str, MetadataValue] | None = Field(
         None, description="Metadata equality: only items whose metadata has every key with the given value. For "
         "collections from `siglip-serve embed` the keys are its columns (source, width, height, manifest columns).")
+    with_thumbnails: bool = Field(False, description="Return each image item's stored thumbnail.")
 
     def to_query(self) -> Input:
         return to_input(self.query, "query", plain="text")
@@ -308,6 +309,8 @@ class SearchResult(BaseModel):
     score: float = Field(description="SigLIP's sigmoid probability of the (query, item) pair, as /v1/rerank's.")
     cosine: float = Field(description="Cosine similarity of the query and item embeddings.")
     metadata: dict[str, Any]
+    thumbnail: str | None = Field(None, description="A data:image/jpeg;base64 URI of the ≤128 px thumbnail stored at "
+                                  "ingest; null for text items and items stored without one.")
 
 
 class SearchResponse(BaseModel):
