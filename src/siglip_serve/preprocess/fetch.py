@@ -36,8 +36,18 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 # name-level check does not depend on what the resolver answers.
 _BLOCKED_HOSTNAMES = frozenset({"metadata.google.internal"})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# Base64 never contains ':', so anything that starts with a scheme is a URL, whatever the scheme.
+# Base64 never contains ':', so anything that starts with a scheme is a URL, whatever the scheme,
+# except a Windows drive letter (C:\\cat.jpg, C:/cat.jpg), which is a path.
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+_DRIVE_RE = re.compile(r"^[A-Za-z]:[\\/]")
+# A file path sent where image data belongs (issue #16): a name with an extension, or a path that starts
+# like one. Only text that is not base64 anyway is taken for a path (see `_looks_like_path`).
+_PATH_START_RE = re.compile(r"^(~|\.{1,2}[\\/]|[\\/]|[A-Za-z]:[\\/])")
+_EXTENSION_RE = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,4}$")
+_BASE64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_=")
+_MAX_PATH_CHARS = 4096  # Linux's PATH_MAX
+UPLOAD_HINT = ("the server cannot read files on your machine: upload the file as multipart/form-data "
+               "(curl -F image=@cat.jpg) or send its bytes base64-encoded")
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 _MAX_SHOWN_CHARS = 100
 
@@ -76,8 +86,9 @@ def is_url(reference: str) -> bool:
     Such references go through `read_image_reference`, which refuses schemes other
     than http(s) with an `ImageFetchError`; everything else is inline image data.
     """
-    match = _SCHEME_RE.match(reference.strip())
-    return match is not None and match.group(1).lower() != "data"
+    text = reference.strip()
+    match = _SCHEME_RE.match(text)
+    return match is not None and match.group(1).lower() != "data" and not _DRIVE_RE.match(text)
 
 
 def decode_inline_image(reference: str, *, max_bytes: int) -> bytes:
@@ -89,8 +100,23 @@ def decode_inline_image(reference: str, *, max_bytes: int) -> bytes:
     text = reference.strip()
     if not text:
         raise InvalidImageError("empty image reference")
-    payload = _data_uri_payload(text) if text[:5].lower() == "data:" else text
-    return _decode_base64(payload, max_bytes=max_bytes)
+    if text[:5].lower() == "data:":
+        return _decode_base64(_data_uri_payload(text), max_bytes=max_bytes)
+    if _looks_like_path(text):
+        raise InvalidImageError(f"{_shorten(text)!r} looks like a file path, not image data: {UPLOAD_HINT}")
+    return _decode_base64(text, max_bytes=max_bytes)
+
+
+def _looks_like_path(text: str) -> bool:
+    """A short text with a character base64 never has (``.``, ``\\``, ``~``, ``:``) that starts like a
+    path (/, ./, ../, ~, C:\\) or ends with a file extension: cat.jpg, ./cat.jpg, /home/me/cat.jpg, C:\\x.png.
+
+    Text made only of base64 characters is decoded as base64 whatever it looks like (/9j/ starts every
+    JPEG's base64), so /home/me/cat, with no extension, still reads as (invalid) image data.
+    """
+    if len(text) > _MAX_PATH_CHARS or all(c in _BASE64_CHARS or c.isspace() for c in text):
+        return False
+    return bool(_PATH_START_RE.match(text) or _EXTENSION_RE.search(text))
 
 
 def _data_uri_payload(uri: str) -> str:
@@ -204,6 +230,8 @@ async def read_image_reference(
                 return await _fetch(own_client, text, policy, hops)
     except _FetchFailed as exc:
         reason = exc.reason
+        if len(hops) == 1 and text[:5].lower() == "file:":  # the user's own file URL, not a redirect to one
+            reason = f"{reason}; {UPLOAD_HINT}"
     except (TimeoutError, httpx.TimeoutException):
         reason = f"timed out after {policy.timeout_s:g}s"
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
