@@ -16,6 +16,7 @@ from siglip_serve.api.collections import router as collections_router
 from siglip_serve.api.connections import ConnectionGuard
 from siglip_serve.api.errors import domain_error_response, install_error_handlers
 from siglip_serve.api.features import router as features_router
+from siglip_serve.api.playground import router as playground_router
 from siglip_serve.api.routes import router
 from siglip_serve.api.security import ApiKeyGate
 from siglip_serve.config import Settings
@@ -60,6 +61,7 @@ def create_app(settings: Settings, engine: Engine | Callable[[], Engine], *,
     app.include_router(collections_router)
     app.include_router(features_router)
     app.include_router(admin_router)
+    app.include_router(playground_router)
     # Outermost last: metrics see every answer, keys are checked before the body is read.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(ApiKeyGate, keys=settings.api_key, protect_docs_and_metrics=settings.protect_docs_and_metrics,
