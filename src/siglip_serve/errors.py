@@ -77,6 +77,11 @@ class RequestTooLargeError(SiglipServeError):
     """A request body over the configured byte limit."""
 
 
+class InvalidFormError(SiglipServeError):
+    """A multipart/form-data body that cannot be parsed, or a form field of the wrong kind (a file where text
+    belongs, metadata that is not JSON)."""
+
+
 class AuthenticationError(SiglipServeError):
     """A missing or wrong API key."""
 

@@ -14,7 +14,19 @@ from siglip_serve.accounts.manage import pricing_of
 from siglip_serve.api.admin import router as admin_router
 from siglip_serve.api.collections import router as collections_router
 from siglip_serve.api.connections import ConnectionGuard
-from siglip_serve.api.errors import domain_error_response, install_error_handlers
+from siglip_serve.api.docs import install_docs
+from siglip_serve.api.errors import (
+    ADMIN,
+    ANY_ROUTE,
+    COLLECTIONS,
+    FEATURES,
+    INFERENCE,
+    KEYED,
+    WITH_BODY,
+    domain_error_response,
+    error_responses,
+    install_error_handlers,
+)
 from siglip_serve.api.features import router as features_router
 from siglip_serve.api.playground import router as playground_router
 from siglip_serve.api.routes import router
@@ -49,7 +61,8 @@ def create_app(settings: Settings, engine: Engine | Callable[[], Engine], *,
             if accounts is not None:  # after the drain: the last requests are metered, then written
                 await asyncio.to_thread(accounts.stop)
 
-    app = FastAPI(title="siglip-serve", version="0.1.0", lifespan=lifespan,
+    # docs_url/redoc_url None: FastAPI's pages load their scripts from a CDN; api.docs serves them offline.
+    app = FastAPI(title="siglip-serve", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   summary="OpenAI-compatible zero-shot image classification and embeddings for SigLIP models")
     app.state.settings = settings
     app.state.engine = None if callable(engine) else engine
@@ -58,10 +71,14 @@ def create_app(settings: Settings, engine: Engine | Callable[[], Engine], *,
     app.state.pricing = accounts.pricing if accounts is not None else pricing_of(settings)
     install_error_handlers(app)
     app.include_router(router)
-    app.include_router(collections_router)
-    app.include_router(features_router)
-    app.include_router(admin_router)
+    # The errors each router's routes can answer, for the OpenAPI document (routes.py declares its own per route).
+    app.include_router(collections_router,
+                       responses=error_responses(*ANY_ROUTE, *KEYED, *WITH_BODY, *INFERENCE, *COLLECTIONS))
+    app.include_router(features_router, responses=error_responses(*ANY_ROUTE, *KEYED, *WITH_BODY, *INFERENCE,
+                                                                  *FEATURES))
+    app.include_router(admin_router, responses=error_responses(*ANY_ROUTE, *KEYED, *WITH_BODY, *ADMIN))
     app.include_router(playground_router)
+    install_docs(app)
     # Outermost last: metrics see every answer, keys are checked before the body is read.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(ApiKeyGate, keys=settings.api_key, protect_docs_and_metrics=settings.protect_docs_and_metrics,

@@ -6,8 +6,10 @@ so that the official clients raise their matching exception types.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from siglip_serve import errors
+from siglip_serve.api.protocol import ErrorResponse
 
 # (status, OpenAI error type) per domain error; the most specific class wins (MRO order).
 STATUS: dict[type[errors.SiglipServeError], tuple[int, str]] = {
@@ -28,6 +31,7 @@ STATUS: dict[type[errors.SiglipServeError], tuple[int, str]] = {
     errors.TooManyInputsError: (400, "invalid_request_error"),
     errors.TextTooLongError: (400, "invalid_request_error"),
     errors.InvalidParameterError: (400, "invalid_request_error"),
+    errors.InvalidFormError: (400, "invalid_request_error"),
     errors.RequestTooLargeError: (413, "invalid_request_error"),
     errors.AuthenticationError: (401, "authentication_error"),
     errors.UnknownModelError: (404, "not_found_error"),
@@ -63,8 +67,9 @@ class ClientDisconnected(Exception):
     """The client went away before its answer was ready; its queued work has been cancelled."""
 
 
-def status_of(exc: errors.SiglipServeError) -> tuple[int, str]:
-    for cls in type(exc).__mro__:
+def status_of(exc: errors.SiglipServeError | type[errors.SiglipServeError]) -> tuple[int, str]:
+    """(status, OpenAI error type) of an error or an error type."""
+    for cls in (exc if isinstance(exc, type) else type(exc)).__mro__:
         if cls in STATUS:
             return STATUS[cls]
     return 500, "server_error"
@@ -102,7 +107,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = exc.errors()
+        # "an instance of Input" is the form-only branch of an item (protocol.FormInput): never the helpful one.
+        problems = [p for p in exc.errors() if p.get("type") != "is_instance_of"] or exc.errors()
         # The deepest location names the item (input[1]) rather than the union branch (input).
         first = max(problems, key=lambda p: len(p.get("loc", ()))) if problems else {"loc": (), "msg": "invalid"}
         if first.get("type") == "json_invalid":
@@ -115,7 +121,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error on %s", request.url.path)
-        return error_response(500, f"internal error: {type(exc).__name__}", type_="server_error")
+        return error_response(500, f"internal error: {type(exc).__name__}", type_="server_error",
+                              code="internal_error")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -141,3 +148,66 @@ def _param_name(loc: tuple | list) -> str:
         else:
             name += f".{part}" if name else part
     return name or "body"
+
+
+# --- the OpenAPI document: which errors each route can answer -----------------------------------------
+
+# Errors answered outside the domain errors, by the middlewares and handlers above: code -> (status, meaning).
+OTHER_ERRORS: dict[str, tuple[int, str]] = {
+    "invalid_json": (400, "The body is not valid JSON."),
+    "invalid_field": (422, "A field is missing, unknown, or of the wrong type or value; `param` names it."),
+    "request_timeout": (408, "The body was not received within --body-timeout-s."),
+    "url_too_long": (414, "The path and query are longer than --max-url-bytes."),
+    "header_too_large": (431, "A header line is longer than --max-header-bytes."),
+    "unhealthy": (503, "The engine cannot serve (its batch loop died, or it is stopping)."),
+    "internal_error": (500, "An unexpected failure (a bug): `internal error: <exception type>`."),
+}
+ErrorCause = type[errors.SiglipServeError] | str
+# Every route: the connection guard's limits and an unexpected failure.
+ANY_ROUTE: tuple[ErrorCause, ...] = ("url_too_long", "header_too_large", "internal_error")
+# Behind the key gate (api.security.ApiKeyGate): keys, route permissions, rate limits and quotas.
+KEYED: tuple[ErrorCause, ...] = (errors.AuthenticationError, errors.PermissionDeniedError,
+                                 errors.RateLimitExceededError, errors.QuotaExceededError,
+                                 errors.AccountsUnavailableError)
+# A route that reads a JSON body (or a form, api.uploads).
+WITH_BODY: tuple[ErrorCause, ...] = ("invalid_json", "invalid_field", "request_timeout", errors.RequestTooLargeError)
+# A route that runs the model on images and texts.
+INFERENCE: tuple[ErrorCause, ...] = (
+    errors.InvalidImageError, errors.EmptyImageError, errors.ImageTooLargeError, errors.ImageFetchError,
+    errors.EmptyInputError, errors.InvalidTextError, errors.TooManyInputsError, errors.TextTooLongError,
+    errors.InvalidParameterError, errors.UnknownModelError, errors.QueueFullError, errors.DeadlineExceededError,
+    errors.EngineUnavailableError, errors.InferenceError,
+)
+COLLECTIONS: tuple[ErrorCause, ...] = (errors.InvalidCollectionNameError, errors.CollectionNotFoundError,
+                                       errors.CollectionExistsError, errors.ModelMismatchError)
+FEATURES: tuple[ErrorCause, ...] = (errors.LayerOutOfRangeError, errors.ResponseTooLargeError)
+ADMIN: tuple[ErrorCause, ...] = (errors.KeyNotFoundError, errors.KeyExistsError, errors.AccountsConfigError)
+_HEADERS = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    429: {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
+    503: {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
+}
+
+
+def error_responses(*causes: ErrorCause) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for a route that can fail with `causes` (domain error types, or codes of
+    `OTHER_ERRORS`): one entry per status with OpenAI's error body, its description listing each cause's
+    `code` and meaning (an error type's docstring), so the document follows `STATUS` and never drifts."""
+    lines: dict[int, list[str]] = {}
+    for cause in dict.fromkeys(causes):
+        if isinstance(cause, str):
+            status, meaning = OTHER_ERRORS[cause]
+            code = cause
+        else:
+            status = status_of(cause)[0]
+            meaning = (inspect.getdoc(cause) or "").replace("\n", " ")
+            code = getattr(cause, "code", None) or cause.__name__
+        lines.setdefault(status, []).append(f"- `{code}`: {meaning}")
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in sorted(lines):
+        description = "OpenAI's error body; `code` says which:\n\n" + "\n".join(lines[status])
+        entry: dict[str, Any] = {"model": ErrorResponse, "description": description}
+        if status in _HEADERS:
+            entry["headers"] = _HEADERS[status]
+        responses[status] = entry
+    return responses

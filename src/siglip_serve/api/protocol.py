@@ -6,9 +6,11 @@ each named by its field so that errors point at the offending item.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, model_validator
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import CoreSchema, core_schema
 
 from siglip_serve.engine.inputs import Input
 
@@ -28,7 +30,22 @@ class ImageItem(Strict):
 Item = str | TextItem | ImageItem
 
 
-def to_input(item: Item, param: str, *, plain: Literal["text", "image"]) -> Input:
+class _IsInput:
+    """Matches an `Input` instance only (pydantic's InstanceOf would also put Input in the OpenAPI schemas)."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.is_instance_schema(Input)
+
+
+# An item of a multipart/form-data body (api.uploads): an uploaded file's bytes, or a form field's text, already
+# named by its field (image[1]). Only an `Input` instance matches, which JSON can never produce, and the schema
+# leaves it out: JSON bodies and their documentation are as without it, and a form is validated by the same model.
+FormInput = SkipJsonSchema[Annotated[Input, _IsInput()]]
+
+
+def to_input(item: Item | Input, param: str, *, plain: Literal["text", "image"]) -> Input:
+    if isinstance(item, Input):
+        return item
     if isinstance(item, TextItem):
         return Input(param=param, text=item.text)
     if isinstance(item, ImageItem):
@@ -42,7 +59,8 @@ def to_input(item: Item, param: str, *, plain: Literal["text", "image"]) -> Inpu
 class EmbeddingsRequest(BaseModel):
     # OpenAI clients may send fields we do not use (user); unknown fields are ignored here.
     model: str | None = None
-    input: str | list[Item] = Field(description="A string, or a list of strings, {text} and {image} objects.")
+    input: str | list[Item | FormInput] = Field(
+        description="A string, or a list of strings, {text} and {image} objects.")
     modality: Literal["text", "image"] = Field("text", description="What plain strings in `input` are.")
     encoding_format: Literal["float", "base64"] = "float"
     normalize: bool = Field(True, description="L2-normalize the embeddings (false: raw tower output).")
@@ -56,23 +74,24 @@ class EmbeddingsRequest(BaseModel):
 
 class EmbeddingData(BaseModel):
     object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
+    index: int = Field(description="The input's position in the request.")
+    embedding: list[float] | str = Field(description="The embedding: floats, or with encoding_format=base64 the "
+                                         "base64 of its little-endian float32 bytes.")
 
 
 class Usage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-    text_tokens: int = 0
-    images: int = 0
+    prompt_tokens: int = Field(description="Text tokens plus image tokens (each image counts its patches).")
+    total_tokens: int = Field(description="Equal to prompt_tokens: nothing is generated.")
+    text_tokens: int = Field(0, description="Text tokens encoded; a label served from the label cache counts none.")
+    images: int = Field(0, description="Images encoded.")
     cost_usd: float = Field(0.0, description="What the request cost at the model's configured prices (see "
                             "/v1/models; the default price is an example).")
 
 
 class EmbeddingsResponse(BaseModel):
     object: Literal["list"] = "list"
-    data: list[EmbeddingData]
-    model: str
+    data: list[EmbeddingData] = Field(description="One embedding per input, in request order.")
+    model: str = Field(description="The served model's name.")
     usage: Usage
 
 
@@ -81,7 +100,8 @@ class EmbeddingsResponse(BaseModel):
 
 class ClassifyRequest(Strict):
     model: str | None = None
-    input: str | list[str | ImageItem] = Field(description="Images: URL, data URI, base64, or {image}.")
+    input: str | list[str | ImageItem | FormInput] = Field(
+        description="Images: URL, data URI, base64, or {image}.")
     labels: list[str] = Field(description="Candidate labels.")
     hypothesis_template: str | list[str] | None = Field(
         None, description='Template with "{}" or a list to ensemble. Default "This is a photo of {}."'
@@ -95,22 +115,23 @@ class ClassifyRequest(Strict):
 
 
 class LabelScore(BaseModel):
-    label: str
-    score: float
+    label: str = Field(description="A candidate label as it was sent.")
+    score: float = Field(description="sigmoid: SigLIP's independent probability of the (image, label) pair; "
+                         "softmax: the share among the labels.")
 
 
 class Classification(BaseModel):
     object: Literal["classification"] = "classification"
-    index: int
-    prediction: str
-    score: float
-    predictions: list[LabelScore]
+    index: int = Field(description="The image's position in the request.")
+    prediction: str = Field(description="The best label.")
+    score: float = Field(description="The best label's score.")
+    predictions: list[LabelScore] = Field(description="Labels best first (top_k of them if given).")
 
 
 class ClassifyResponse(BaseModel):
     object: Literal["list"] = "list"
-    model: str
-    data: list[Classification]
+    model: str = Field(description="The served model's name.")
+    data: list[Classification] = Field(description="One classification per image, in request order.")
     usage: Usage
 
 
@@ -132,15 +153,15 @@ class RerankRequest(Strict):
 
 
 class RerankResult(BaseModel):
-    index: int
-    relevance_score: float
-    document: TextItem | ImageItem | None = None
+    index: int = Field(description="The document's position in the request.")
+    relevance_score: float = Field(description="SigLIP's sigmoid probability of the (query, document) pair.")
+    document: TextItem | ImageItem | None = Field(None, description="The document, with return_documents.")
 
 
 class RerankResponse(BaseModel):
     object: Literal["list"] = "list"
-    model: str
-    results: list[RerankResult]
+    model: str = Field(description="The served model's name.")
+    results: list[RerankResult] = Field(description="Documents best first (top_n of them if given).")
     usage: Usage
 
 
@@ -236,7 +257,7 @@ class CollectionDeleted(BaseModel):
 class CollectionItem(Strict):
     id: str | None = Field(None, min_length=1, max_length=512,
                            description="The item's id; an existing id is replaced. Generated when absent.")
-    image: str | None = Field(None, description="An http(s) URL, a data: URI or raw base64 image bytes.")
+    image: str | FormInput | None = Field(None, description="An http(s) URL, a data: URI or raw base64 image bytes.")
     text: str | None = Field(None, description="A text to embed instead of an image.")
     metadata: dict[str, Any] = Field(default_factory=dict,
                                      description="Any JSON object, returned with search results; its top-level "
@@ -249,6 +270,8 @@ class CollectionItem(Strict):
         return self
 
     def to_input(self, param: str) -> Input:
+        if isinstance(self.image, Input):  # an uploaded file, named by its form field
+            return self.image
         return Input(param=param, text=self.text, image=self.image)
 
 
@@ -258,10 +281,19 @@ class ItemsRequest(Strict):
 
 
 class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
+    message: str = Field(description="What went wrong and how to fix it; names the item (input[2]) when one is.")
+    type: str = Field(description="OpenAI's error type: invalid_request_error, authentication_error, "
+                      "permission_error, not_found_error, rate_limit_error, insufficient_quota, timeout_error, "
+                      "service_unavailable_error, server_error, ...")
+    param: str | None = Field(None, description="The offending field or item (labels, input[2], image[0]), if any.")
+    code: str | None = Field(None, description="A stable code for programs: the error's name (InvalidImageError, "
+                             "TooManyInputsError, ...), or invalid_json, invalid_field, request_timeout, ...")
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body, for every error status."""
+
+    error: ErrorDetail
 
 
 class ItemResult(BaseModel):

@@ -14,13 +14,22 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from siglip_serve.api import protocol as p
-from siglip_serve.api.errors import ClientDisconnected, error_response
+from siglip_serve.api.errors import (
+    ANY_ROUTE,
+    INFERENCE,
+    KEYED,
+    WITH_BODY,
+    ClientDisconnected,
+    error_response,
+    error_responses,
+)
 from siglip_serve.api.limits import check_classify, check_count, check_inputs
 from siglip_serve.api.model_cards import model_card
 from siglip_serve.api.security import admit, charge
+from siglip_serve.api.uploads import FormRoute
 from siglip_serve.config import Settings
 from siglip_serve.engine.inputs import Input
-from siglip_serve.errors import DeadlineExceededError, InvalidParameterError
+from siglip_serve.errors import DeadlineExceededError, InvalidFormError, InvalidParameterError, InvalidTemplateError
 
 if TYPE_CHECKING:  # the HTTP layer never imports torch; the engine arrives through app.state
     from siglip_serve.engine.engine import Engine, Usage
@@ -28,8 +37,13 @@ if TYPE_CHECKING:  # the HTTP layer never imports torch; the engine arrives thro
 T = TypeVar("T")
 
 # API keys, rate limits and quotas are checked before the body is read (api.security.ApiKeyGate); what
-# depends on the body (model, images) by `admit`, after parsing and before the engine.
-router = APIRouter()
+# depends on the body (model, images) by `admit`, after parsing and before the engine. /v1/embeddings and
+# /v1/classify also take multipart/form-data (api.uploads.FormRoute).
+router = APIRouter(route_class=FormRoute)
+# The errors each route can answer, for the OpenAPI document (api.errors.error_responses).
+INFERENCE_ERRORS = error_responses(*ANY_ROUTE, *KEYED, *WITH_BODY, *INFERENCE, InvalidTemplateError)
+FORM_ERRORS = error_responses(*ANY_ROUTE, *KEYED, *WITH_BODY, *INFERENCE, InvalidTemplateError, InvalidFormError)
+READ_ERRORS = error_responses(*ANY_ROUTE, *KEYED)
 
 
 def engine_of(request: Request) -> Engine:
@@ -80,7 +94,7 @@ def images_in(inputs: list[Input]) -> int:
     return sum(item.image is not None for item in inputs)
 
 
-@router.post("/v1/embeddings", response_model=p.EmbeddingsResponse)
+@router.post("/v1/embeddings", response_model=p.EmbeddingsResponse, responses=FORM_ERRORS)
 async def embeddings(body: p.EmbeddingsRequest, request: Request) -> p.EmbeddingsResponse:
     engine = engine_of(request)
     served = engine.resolve(body.model)
@@ -108,7 +122,7 @@ def encode_embedding(row: np.ndarray, encoding_format: str) -> list[float] | str
     return row.tolist()
 
 
-@router.post("/v1/classify", response_model=p.ClassifyResponse)
+@router.post("/v1/classify", response_model=p.ClassifyResponse, responses=FORM_ERRORS)
 async def classify(body: p.ClassifyRequest, request: Request) -> p.ClassifyResponse:
     engine, settings = engine_of(request), settings_of(request)
     served = engine.resolve(body.model)
@@ -129,7 +143,8 @@ async def classify(body: p.ClassifyRequest, request: Request) -> p.ClassifyRespo
     return p.ClassifyResponse(model=served.name, data=data, usage=usage(used, request, served.name))
 
 
-@router.post("/v1/rerank", response_model=p.RerankResponse, response_model_exclude_none=True)
+@router.post("/v1/rerank", response_model=p.RerankResponse, response_model_exclude_none=True,
+             responses=INFERENCE_ERRORS)
 async def rerank(body: p.RerankRequest, request: Request) -> p.RerankResponse:
     engine = engine_of(request)
     served = engine.resolve(body.model)
@@ -153,7 +168,7 @@ def _as_item(document: p.Item) -> p.TextItem | p.ImageItem:
     return p.TextItem(text=document) if isinstance(document, str) else document
 
 
-@router.post("/models/{model:path}", response_model=list[p.LabelScore])
+@router.post("/models/{model:path}", response_model=list[p.LabelScore], responses=INFERENCE_ERRORS)
 async def hf_zero_shot(model: str, body: p.HFZeroShotRequest, request: Request) -> list[p.LabelScore]:
     """Hugging Face Inference API shape, for `InferenceClient.zero_shot_image_classification`."""
     engine, settings = engine_of(request), settings_of(request)
@@ -170,21 +185,21 @@ async def hf_zero_shot(model: str, body: p.HFZeroShotRequest, request: Request) 
     return [p.LabelScore(label=label, score=score) for label, score in results[0]]
 
 
-@router.get("/v1/models", response_model=p.ModelList)
+@router.get("/v1/models", response_model=p.ModelList, responses=READ_ERRORS)
 async def list_models(request: Request) -> p.ModelList:
     pricing = request.app.state.pricing
     return p.ModelList(data=[model_card(served.name, served.info, pricing)
                              for served in engine_of(request).models.values()])
 
 
-@router.get("/health")
+@router.get("/health", responses=error_responses(*ANY_ROUTE, "unhealthy"))
 async def health(request: Request) -> JSONResponse:
     engine = engine_of(request)
     if engine.healthy:
         return JSONResponse({"status": "ok", "models": list(engine.models)})
-    return error_response(503, "the engine cannot serve", type_="service_unavailable_error")
+    return error_response(503, "the engine cannot serve", type_="service_unavailable_error", code="unhealthy")
 
 
-@router.get("/metrics")
+@router.get("/metrics", responses=READ_ERRORS)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(engine_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

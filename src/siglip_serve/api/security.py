@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from siglip_serve.accounts.service import Accounts, RequestAccount
 from siglip_serve.api.errors import domain_error_response
+from siglip_serve.api.playground import is_playground_path
 from siglip_serve.errors import AuthenticationError, SiglipServeError
 
 if TYPE_CHECKING:  # the engine's Usage only as a type: the HTTP layer never imports torch
@@ -28,7 +29,8 @@ if TYPE_CHECKING:  # the engine's Usage only as a type: the HTTP layer never imp
     from siglip_serve.engine.engine import Usage
 
 ALWAYS_OPEN = frozenset({"/health"})  # load balancers probe it without credentials
-DOCS_AND_METRICS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+DOCS_AND_METRICS = frozenset({"/metrics", "/docs", "/redoc", "/openapi.json"})
+DOCS_ASSETS = "/docs/assets/"  # the pages' scripts and styles (api.docs): open or protected with the pages
 ACCOUNT = "siglip_serve.account"  # the request's RequestAccount in the ASGI scope
 REQUEST_ID = b"x-request-id"
 MAX_ROUTE_CHARS = 200
@@ -56,10 +58,17 @@ class ApiKeyGate:
         self.app = app
         self.keys = list(keys)
         self.accounts = accounts
-        self.open_paths = ALWAYS_OPEN if protect_docs_and_metrics else ALWAYS_OPEN | DOCS_AND_METRICS
+        self.protect_docs_and_metrics = protect_docs_and_metrics
+
+    def is_open(self, path: str) -> bool:
+        """Whether `path` is served without a key. The playground is static: a browser cannot send a key when it
+        opens a page, so the page is public and its own API calls carry the key the user enters."""
+        if path in ALWAYS_OPEN or is_playground_path(path):
+            return True
+        return not self.protect_docs_and_metrics and (path in DOCS_AND_METRICS or path.startswith(DOCS_ASSETS))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or self.is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")

@@ -1,0 +1,92 @@
+"""/docs (Swagger UI) and /redoc (ReDoc) without a network (issue #16), and the OpenAPI document they show.
+
+FastAPI's own pages load Swagger UI's and ReDoc's scripts from a CDN (and ReDoc's fonts from Google), so they
+are blank offline. These are the same pages (`get_swagger_ui_html`, `get_redoc_html`) pointed at the files
+vendored in ``static/docs`` (its README names the versions, sources and licenses) and served under
+``/docs/assets/``. As for the playground, the files are looked up in a table built at import, so a request
+path never reaches the filesystem. `api.security` treats the assets as it treats /docs: open unless
+--protect-docs-and-metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, Response
+
+from siglip_serve.api.errors import error_response
+from siglip_serve.errors import shown
+
+STATIC_DIR = Path(__file__).parent / "static" / "docs"
+DOCS_URL = "/docs"
+REDOC_URL = "/redoc"
+ASSETS_PREFIX = "/docs/assets"
+MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".png": "image/png",
+               ".txt": "text/plain; charset=utf-8", ".LICENSE": "text/plain; charset=utf-8",
+               ".NOTICE": "text/plain; charset=utf-8"}
+ASSETS: dict[str, Path] = {path.name: path for path in sorted(STATIC_DIR.iterdir())
+                           if path.is_file() and path.suffix in MEDIA_TYPES}
+BEARER = "bearer"
+
+router = APIRouter(include_in_schema=False)
+
+
+def _asset_url(request: Request, name: str) -> str:
+    # root_path: the prefix a proxy mounts the server under, as FastAPI's own docs pages use it.
+    return f"{request.scope.get('root_path', '')}{ASSETS_PREFIX}/{name}"
+
+
+def _openapi_url(request: Request) -> str:
+    return f"{request.scope.get('root_path', '')}{request.app.openapi_url}"
+
+
+@router.get(DOCS_URL)
+async def swagger_ui(request: Request) -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url=_openapi_url(request), title=f"{request.app.title} - Swagger UI",
+        swagger_js_url=_asset_url(request, "swagger-ui-bundle.js"),
+        swagger_css_url=_asset_url(request, "swagger-ui.css"),
+        swagger_favicon_url=_asset_url(request, "favicon-32x32.png"),
+        # Keys are entered with the Authorize button (the bearer scheme of `openapi`); keep them across reloads.
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+
+
+@router.get(REDOC_URL)
+async def redoc(request: Request) -> HTMLResponse:
+    return get_redoc_html(openapi_url=_openapi_url(request), title=f"{request.app.title} - ReDoc",
+                          redoc_js_url=_asset_url(request, "redoc.standalone.js"),
+                          redoc_favicon_url=_asset_url(request, "favicon-32x32.png"), with_google_fonts=False)
+
+
+@router.get(ASSETS_PREFIX + "/{name}")
+async def asset(name: str) -> Response:
+    found = ASSETS.get(name)
+    if found is None:
+        return error_response(404, f"no docs file {shown(name)}", type_="not_found_error")
+    return FileResponse(found, media_type=MEDIA_TYPES[found.suffix], headers={"Cache-Control": "no-cache"})
+
+
+def install_docs(app: FastAPI) -> None:
+    """Serve /docs, /redoc and their assets, and an OpenAPI document that declares the bearer keys.
+
+    The app must be made with docs_url=None and redoc_url=None, so that FastAPI's CDN pages are not there.
+    """
+    app.include_router(router)
+    build = app.openapi  # FastAPI's own builder; it caches the document in app.openapi_schema
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            # OpenAI's `Authorization: Bearer KEY`, needed only when the server has keys: [{}] makes it optional.
+            schema.setdefault("components", {})["securitySchemes"] = {
+                BEARER: {"type": "http", "scheme": "bearer",
+                         "description": "An API key (--api-key or a stored key), when the server requires one."}}
+            schema["security"] = [{}, {BEARER: []}]
+            return schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the document
