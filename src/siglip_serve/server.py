@@ -70,7 +70,13 @@ def build_accounts(settings: Settings) -> Accounts:
 
 def serve(settings: Settings) -> int:
     """Blocks until SIGTERM or SIGINT; uvicorn then stops accepting, finishes in-flight requests
-    and runs the lifespan shutdown, which drains the batchers. Returns 0."""
+    and runs the lifespan shutdown, which drains the batchers. Returns 0.
+
+    With `settings.ray`: the same app as Ray Serve replicas (scaling/serve_app.py) instead of uvicorn."""
+    if settings.ray:
+        from siglip_serve.scaling.serve_app import run
+
+        return run(settings)
     import uvicorn
 
     from siglip_serve.api.app import create_app

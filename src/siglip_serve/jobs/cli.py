@@ -19,6 +19,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
+    return value
+
+
 def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sources", nargs="+", metavar="SOURCE",
                         help="A directory (recursive), a glob ('photos/**/*.jpg', quoted) or a manifest (.jsonl, "
@@ -57,6 +64,16 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fetch-timeout", type=float, default=None, help="Seconds per image URL.")
     parser.add_argument("--quiet", action="store_true", help="No progress bar (the summary line is still printed).")
     parser.add_argument("--strict", action="store_true", help="Exit non-zero when any input failed.")
+    ray = parser.add_argument_group("on a Ray cluster (needs the ray extra; see scaling/data_job.py)")
+    ray.add_argument("--ray", action="store_true",
+                     help="Run on Ray Data: decoding as CPU tasks, the model in a pool of actors; same output.")
+    ray.add_argument("--ray-address", default=None,
+                     help="Cluster to join (e.g. auto or HOST:6379); default: a local cluster for this job.")
+    ray.add_argument("--actors", type=positive_int, default=1, help="Model actors (default 1).")
+    ray.add_argument("--gpus-per-actor", type=non_negative_float, default=0.0,
+                     help="GPUs per actor (default 0; a fraction shares a GPU).")
+    ray.add_argument("--cpus-per-actor", type=non_negative_float, default=1.0,
+                     help="CPUs per actor, also its torch threads (default 1).")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -84,7 +101,14 @@ def run_embed_command(args: argparse.Namespace) -> int:
     quiet_transformers()
     # `kill`, `docker stop` and Kubernetes send SIGTERM: stop as on Ctrl-C, committing the rows already embedded.
     signal.signal(signal.SIGTERM, _interrupt)
-    summary = run_embed(options)
+    if args.ray:
+        from siglip_serve.scaling.data_job import RayOptions, run_ray_embed
+
+        summary = run_ray_embed(options, RayOptions(address=args.ray_address, actors=args.actors,
+                                                    gpus_per_actor=args.gpus_per_actor,
+                                                    cpus_per_actor=args.cpus_per_actor))
+    else:
+        summary = run_embed(options)
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
     if not args.quiet:

@@ -24,10 +24,12 @@ import siglip_serve
 from siglip_serve.demo import DEMO_MODEL_NAME
 from siglip_serve.jobs.decode import Decoder
 from siglip_serve.jobs.pipeline import Pipeline
-from siglip_serve.jobs.sources import JobInputError, collect_inputs
+from siglip_serve.jobs.sources import Inputs, Item, JobInputError, collect_inputs
 from siglip_serve.jobs.writer import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    LanceOutput,
+    ParquetOutput,
     check_compatible,
     open_output,
     output_paths,
@@ -140,21 +142,23 @@ def compute_dtype(model: Any, requested: str) -> str:
     return str(dtype).removeprefix("torch.") if dtype is not None else requested
 
 
-def run_embed(options: EmbedOptions, *, model: Any = None,
-              on_commit: Callable[[int], None] | None = None) -> EmbedSummary:
-    """Run the job. `model`: an already loaded `siglip_serve.Model` (else `options.model` is loaded);
-    `on_commit(count)` runs after each commit (tests use it to kill the job at a known point)."""
+def job_inputs(options: EmbedOptions) -> Inputs:
+    """The job's items (refusing no inputs, or --labels without a label)."""
     inputs = collect_inputs(options.sources, image_column=options.image_column, id_column=options.id_column,
                             text_column=options.text_column, exclude=output_paths(options.out, options.format))
     if not inputs.items:
         raise JobInputError(f"no inputs found in {', '.join(options.sources)}")
     if options.labels is not None and not options.labels:
         raise JobInputError("--labels needs at least one label")
-    if model is None:
-        model = siglip_serve.load(options.model, device=options.device, dtype=options.dtype,
-                                  batch_size=options.batch_size, jpeg_draft=options.jpeg_draft)
-    info = job_info(model, options)
-    schema = output_schema(embed_dim=model.info.embed_dim, half=options.half, text=options.text_column is not None,
+    return inputs
+
+
+def open_job(options: EmbedOptions, inputs: Inputs, *, info: dict[str, Any],
+             embed_dim: int) -> tuple[LanceOutput | ParquetOutput, list[Item], EmbedSummary]:
+    """The output, created or checked against this run (`info`: `job_info`), the items it lacks, and the
+    summary so far. Shared by the local job and the Ray one (scaling/data_job.py), so both write the same
+    schema, ids and metadata and resume the same way."""
+    schema = output_schema(embed_dim=embed_dim, half=options.half, text=options.text_column is not None,
                            labels=options.labels is not None, metadata=inputs.metadata.schema, info=info)
     output = open_output(options.out, options.format)
     existing = output.existing_schema
@@ -172,6 +176,19 @@ def run_embed(options: EmbedOptions, *, model: Any = None,
     if inputs.duplicate_ids:
         summary.notes.append(f"{len(inputs.duplicate_ids)} duplicate ids ignored (first kept), e.g. "
                              f"{inputs.duplicate_ids[0]!r}")
+    return output, pending, summary
+
+
+def run_embed(options: EmbedOptions, *, model: Any = None,
+              on_commit: Callable[[int], None] | None = None) -> EmbedSummary:
+    """Run the job. `model`: an already loaded `siglip_serve.Model` (else `options.model` is loaded);
+    `on_commit(count)` runs after each commit (tests use it to kill the job at a known point)."""
+    inputs = job_inputs(options)
+    if model is None:
+        model = siglip_serve.load(options.model, device=options.device, dtype=options.dtype,
+                                  batch_size=options.batch_size, jpeg_draft=options.jpeg_draft)
+    output, pending, summary = open_job(options, inputs, info=job_info(model, options),
+                                        embed_dim=model.info.embed_dim)
     pipeline = Pipeline(
         model=model, output=output, metadata=inputs.metadata, batch_size=options.batch_size,
         workers=options.workers, decoder_factory=lambda: Decoder(model, workers=options.workers, policy=options.policy),

@@ -109,6 +109,7 @@ class Pipeline:
         self.dim = self.model.info.embed_dim
         self.rows = Rows()
         self.last_commit = time.monotonic()
+        self.bar = tqdm(disable=True)  # `run` shows a real one; the Ray actors (scaling/data_job.py) none
 
     def run(self, pending: list[Item]) -> bool:
         """Embed `pending`; False when interrupted (Ctrl-C), after committing every row already embedded."""
