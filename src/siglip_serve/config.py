@@ -143,6 +143,25 @@ class Settings(BaseSettings):
         "Where converted OpenVINO models are cached, keyed by checkpoint content and options. "
         "Default: $XDG_CACHE_HOME/siglip-serve/openvino, else ~/.cache/siglip-serve/openvino."))
 
+    # --- Ray Serve replicas (scaling/serve_app.py; needs the ray extra) ---
+    ray: bool = Field(False, description=(
+        "Serve through Ray Serve: --replicas copies of this server (each with its own engine) behind Serve's "
+        "proxy on --host/--port, or --autoscale MIN:MAX of them."))
+    ray_address: str | None = Field(None, description=(
+        "Ray cluster to join (e.g. 'auto' or HOST:6379); default: start a local one that lives as long as "
+        "this command."))
+    autoscale: str | None = Field(None, pattern=r"^\d+:\d+$", description=(
+        "With --ray: MIN:MAX replicas, scaled by Serve on --target-ongoing-requests (instead of --replicas). "
+        "Per-key rate limits are then divided by MAX."))
+    ray_num_cpus: float = Field(1.0, ge=0, description="With --ray: CPUs reserved per replica (torch threads).")
+    ray_num_gpus: float = Field(0.0, ge=0, description=(
+        "With --ray: GPUs per replica (1 for a GPU each; a fraction shares one GPU between replicas)."))
+    max_ongoing_requests: int = Field(64, ge=1, description=(
+        "With --ray: requests Serve lets into one replica at once; the rest wait in Serve's queue. Keep it "
+        "above max_batch_size so that the replica's batcher sees full batches."))
+    target_ongoing_requests: float = Field(16.0, gt=0, description=(
+        "With --autoscale: ongoing requests per replica Serve aims for when it adds or removes replicas."))
+
     @field_validator("model", "api_key", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
