@@ -92,7 +92,7 @@ class EmbeddingsResponse(BaseModel):
     object: Literal["list"] = "list"
     data: list[EmbeddingData] = Field(description="One embedding per input, in request order.")
     model: str = Field(description="The served model's name.")
-    usage: Usage
+    usage: Usage = Field(description="What the request used, and its cost.")
 
 
 # --- /v1/classify -------------------------------------------------------------------
@@ -132,7 +132,7 @@ class ClassifyResponse(BaseModel):
     object: Literal["list"] = "list"
     model: str = Field(description="The served model's name.")
     data: list[Classification] = Field(description="One classification per image, in request order.")
-    usage: Usage
+    usage: Usage = Field(description="What the request used, and its cost.")
 
 
 # --- /v1/rerank ---------------------------------------------------------------------
@@ -162,7 +162,7 @@ class RerankResponse(BaseModel):
     object: Literal["list"] = "list"
     model: str = Field(description="The served model's name.")
     results: list[RerankResult] = Field(description="Documents best first (top_n of them if given).")
-    usage: Usage
+    usage: Usage = Field(description="What the request used, and its cost.")
 
 
 # --- HF Inference API: zero-shot-image-classification ----------------------------------
@@ -310,7 +310,7 @@ class ItemsResponse(BaseModel):
     data: list[ItemResult]
     upserted: int
     failed: int
-    usage: Usage
+    usage: Usage = Field(description="What the request used, and its cost.")
 
 
 class DeleteItemsRequest(Strict):
@@ -349,7 +349,7 @@ class SearchResponse(BaseModel):
     object: Literal["list"] = "list"
     model: str
     data: list[SearchResult]
-    usage: Usage
+    usage: Usage = Field(description="What the request used, and its cost.")
 
 
 # --- /v1/admin/keys and /v1/usage -------------------------------------------------------
