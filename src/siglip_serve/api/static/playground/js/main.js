@@ -89,6 +89,12 @@ function reload() {
   if (active === "search") tools.search.refresh();
 }
 
+// A link or a typed URL with #search opens that tab (the page is not reloaded for a new hash).
+window.addEventListener("hashchange", () => {
+  const name = location.hash.slice(1);
+  if (tools[name] && name !== active) select(name);
+});
+
 const initial = location.hash.slice(1);
 select(tools[initial] ? initial : "classify");
 loadModels();
