@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from fakes import FakeBackend
+from fastapi import APIRouter, FastAPI
 from live import (
     API_KEYS,
     HTTP_TIMEOUT_S,
@@ -30,7 +31,10 @@ from live import (
     png,
 )
 
+from siglip_serve.api import protocol as p
 from siglip_serve.api.app import create_app
+from siglip_serve.api.errors import install_error_handlers
+from siglip_serve.api.uploads import FormRoute
 from siglip_serve.config import Settings
 from siglip_serve.engine.engine import Engine, EngineConfig
 from siglip_serve.errors import InvalidImageError
@@ -311,3 +315,63 @@ def test_uploads_leave_the_server_healthy(http, lib_tiny):
     got = embeddings_of(http.post("/v1/embeddings", files=files(DOG), data={"model": "tiny"}))
     assert_close(got, lib_tiny.embed_images([DOG]).numpy())
     assert np.isfinite(got).all()
+
+
+# --- collection ingest: the form the lead's route takes once its router uses FormRoute -------------------------
+
+
+def ingest_app() -> FastAPI:
+    """A route shaped like POST /v1/collections/{name}/items on a FormRoute router, answering what it was given."""
+    app = FastAPI()
+    install_error_handlers(app)
+    app.state.settings = Settings(model=["fake"])
+    router = APIRouter(route_class=FormRoute)
+
+    @router.post("/items")
+    async def items(body: p.ItemsRequest) -> list[dict[str, Any]]:
+        inputs = [item.to_input(f"items[{i}]") for i, item in enumerate(body.items)]
+        return [{"param": x.param, "image": base64.b64encode(x.image).decode() if isinstance(x.image, bytes)
+                 else x.image, "text": x.text, "id": item.id, "metadata": item.metadata}
+                for x, item in zip(inputs, body.items, strict=True)]
+
+    app.include_router(router)
+    return app
+
+
+def post_ingest(**kwargs: Any) -> httpx.Response:
+    async def main() -> httpx.Response:
+        transport = httpx.ASGITransport(app=ingest_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=HTTP_TIMEOUT_S) as c:
+            return await c.post("/items", **kwargs)
+
+    return asyncio.run(asyncio.wait_for(main(), HTTP_TIMEOUT_S))
+
+
+def test_ingest_form_items_in_order_with_ids_and_metadata():
+    response = post_ingest(**multipart(("image", CAT), ("id", "cat"), ("metadata", '{"kind": "pet"}'),
+                                       ("text", "a red car"), ("id", "car"), ("metadata", "{}"),
+                                       ("image", b64(DOG)), ("id", "dog"), ("metadata", '{"n": 2}'),
+                                       ("model", "tiny")))
+    assert response.status_code == 200, response.text
+    assert response.json() == [
+        {"param": "image[0]", "image": b64(CAT), "text": None, "id": "cat", "metadata": {"kind": "pet"}},
+        {"param": "items[1]", "image": None, "text": "a red car", "id": "car", "metadata": {}},
+        {"param": "image[1]", "image": b64(DOG), "text": None, "id": "dog", "metadata": {"n": 2}},
+    ]
+
+
+def test_ingest_form_without_ids_or_metadata():
+    response = post_ingest(files=files(CAT, DOG))
+    assert [(item["param"], item["id"], item["metadata"]) for item in response.json()] == [
+        ("image[0]", None, {}), ("image[1]", None, {})]
+
+
+@pytest.mark.parametrize(("parts", "status", "param"), [
+    ((("image", CAT), ("image", DOG), ("id", "only-one")), 400, "id"),  # ids must pair with items
+    ((("image", CAT), ("metadata", "{not json")), 400, "metadata[0]"),
+    ((("image", CAT), ("metadata", "[1, 2]")), 422, "items[0].metadata"),  # JSON, not an object: the model says
+    ((("image", CAT), ("bogus", "1")), 422, "bogus"),
+    ((("text", b"a file"),), 400, "text[0]"),
+])
+def test_ingest_form_errors(parts, status, param):
+    assert_error(post_ingest(**multipart(*parts)), status, param=param)

@@ -80,14 +80,17 @@ class Form:
 async def read_form(request: Request, settings: Settings) -> Form:
     """Parse a multipart/form-data body (already bounded by --max-request-bytes); files over --max-image-bytes
     are refused as inline images are. Raises `InvalidFormError` for a body that is not a form."""
-    part_limit = max(MIN_PART_LIMIT, 2 * (settings.max_inputs + settings.max_labels + settings.max_templates))
+    # An ingest item may take three parts (image, id, metadata).
+    items = max(settings.max_inputs, settings.max_collection_items)
+    part_limit = max(MIN_PART_LIMIT, 2 * (3 * items + settings.max_labels + settings.max_templates))
     parser = MultiPartParser(request.headers, request.stream(), max_files=part_limit, max_fields=part_limit,
                              max_part_size=settings.max_request_bytes)  # text fields: --max-text-chars says
     try:
         parsed = await parser.parse()
     except MultiPartException as exc:
         if exc.message.startswith("Too many"):
-            raise TooManyInputsError(f"{exc.message} (the form's limit follows --max-inputs and --max-labels)",
+            raise TooManyInputsError(f"{exc.message} (the limit follows --max-inputs, --max-collection-items and "
+                                     "--max-labels)",
                                      param="body") from None
         raise InvalidFormError(f"not a valid multipart/form-data body: {exc.message}", param="body") from None
     counts: dict[str, int] = {}
