@@ -2,11 +2,13 @@
 
 The retrieval bar of the issue is checked here end to end: for 48 images, one per
 (color, shape), each "a {color} {shape}" query ranks its own image first through /v1/rerank
-for at least 85% of the queries. The images come from a seed that training never used.
+for at least 85% of the queries. The images are drawn by bench/heldout_shapes.py (code that
+shares nothing with the training generator), "clean" preset: one filled shape on white or light gray.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -21,9 +23,18 @@ import pytest
 from live import b64, live_server
 
 from siglip_serve.demo import DEMO_MODEL_NAME
-from siglip_serve.training.evaluate import combo_label, one_per_combo
+from siglip_serve.training.evaluate import combo_label
 
 SEED = 3_000_017
+REPO = Path(__file__).resolve().parents[2]
+
+
+def one_per_combo(seed: int) -> list:
+    """48 clean drawings from bench/heldout_shapes.py, one per (color, shape)."""
+    spec = importlib.util.spec_from_file_location("heldout_shapes", REPO / "bench" / "heldout_shapes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.held_out_images(48, preset="clean", seed=seed)
 
 
 def png_bytes(image) -> bytes:

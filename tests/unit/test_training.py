@@ -6,6 +6,7 @@ Models here are tiny (one layer, width 32) so that every test takes seconds on t
 from __future__ import annotations
 
 import argparse
+import colorsys
 import json
 import math
 from pathlib import Path
@@ -36,14 +37,17 @@ from siglip_serve.training.data import (
 from siglip_serve.training.loss import INIT_LOGIT_BIAS, INIT_LOGIT_SCALE, sigmoid_loss
 from siglip_serve.training.options import Architecture, TrainOptions
 from siglip_serve.training.shapes import (
+    COLOR_RANGES,
     COLORS,
     COMBOS,
     SHAPES,
     Caption,
+    Thing,
     caption_corpus,
     label_captions,
     make_caption,
     make_sample,
+    named_color,
     with_article,
 )
 from siglip_serve.training.train import optimizer_for, scratch_setup, train, training_attention, warmup_cosine
@@ -156,30 +160,80 @@ def test_every_block_of_48_draws_every_color_and_shape_once() -> None:
     assert sorted((s.color, s.shape) for s in samples) == sorted(COMBOS)
     assert {s.color for s in samples} == set(COLORS)
     assert {s.shape for s in samples} == set(SHAPES)
-    assert {s.background for s in samples} == {"solid", "gradient", "noise"}
+    assert len({s.background for s in samples}) >= 6  # of 8 kinds
     assert len({s.caption.text for s in samples}) > 30  # varied phrasings
+
+
+def test_canvases_vary_in_size_and_aspect_ratio_and_some_images_hold_several_shapes() -> None:
+    samples = [make_sample(4, i) for i in range(96)]
+    sizes = [s.image.size for s in samples]
+    assert min(max(size) for size in sizes) < 96 and max(max(size) for size in sizes) > 512
+    assert max(max(w / h, h / w) for w, h in sizes) > 2.2
+    assert any(w == h for w, h in sizes) and any(w != h for w, h in sizes)
+    several = [s for s in samples if len(s.things) > 1]
+    assert 10 <= len(several) <= 50
+    assert all(len({t.color for t in s.things}) == len(s.things) for s in several)  # colors differ
+    assert all(len(make_sample(4, i, single=True).things) == 1 for i in range(48))
+
+
+def in_range(rgb: np.ndarray, name: str, slack: float = 0.05) -> np.ndarray:
+    """Pixels ([N, 3] uint8) whose HSV lies in the name's range, widened by `slack`."""
+    hsv = np.array([colorsys.rgb_to_hsv(*(p / 255)) for p in rgb])
+    (h0, h1), (s0, s1), (v0, v1) = COLOR_RANGES[name]
+    hue = (hsv[:, 0] * 360 - h0) % 360 <= (h1 - h0) + 360 * slack
+    dark = hsv[:, 2] < 0.1  # hue and saturation of near-black uint8 pixels are rounding noise
+    saturation = dark | ((hsv[:, 1] >= s0 - slack) & (hsv[:, 1] <= s1 + slack))
+    return (hue | (h1 - h0 >= 360)) & saturation & (hsv[:, 2] >= v0 - slack) & (hsv[:, 2] <= v1 + slack)
+
+
+def test_named_colors_stay_in_their_range_and_the_typical_rgb_is_in_it() -> None:
+    rng = np.random.default_rng(3)
+    for name in COLORS:
+        drawn = np.array([named_color(rng, name) for _ in range(50)])
+        assert in_range(drawn, name, slack=0.01).all(), name
+        assert in_range(np.array([COLORS[name]]), name, slack=0.0).all(), name
+        others = [other for other in COLORS if other != name]
+        assert not any(in_range(drawn, other, slack=0.0).any() for other in others), name
 
 
 def test_shape_is_drawn_in_its_color() -> None:
     for index in range(12):
-        sample = make_sample(1, index)
-        rgb = pixels(sample.image).reshape(-1, 3).astype(float)
-        close = np.linalg.norm(rgb - np.array(COLORS[sample.color]), axis=1) < 60
-        assert close.mean() > 0.03, (sample.color, sample.shape)
+        sample = make_sample(1, index, single=True)
+        small = sample.image.resize((min(sample.image.width, 200), min(sample.image.height, 200)), Image.NEAREST)
+        rgb = pixels(small).reshape(-1, 3)
+        assert in_range(rgb, sample.color).sum() >= 3, (sample.color, sample.shape, sample.image.size)
+
+
+def spoken(text: str) -> list[tuple[str | None, str | None]]:
+    """What a caption says, read from its words: one (color, shape) per object it names."""
+    parts = text.replace(" next to ", " and ").replace(" with ", " and ").split(" and ")
+    terms = []
+    for part in parts:
+        words = part.split()
+        colors, shapes = [w for w in words if w in COLORS], [w for w in words if w in SHAPES]
+        assert len(colors) <= 1 and len(shapes) <= 1, text
+        terms.append((colors[0] if colors else None, shapes[0] if shapes else None))
+    return terms
+
+
+def true_of(text: str, things) -> bool:
+    return all(any(c in (None, t.color) and s in (None, t.shape) for t in things) for c, s in spoken(text))
 
 
 def test_captions_name_their_sample_and_are_in_the_tokenizer_corpus() -> None:
     corpus = set(caption_corpus())
-    for index in range(96):
+    words = {word for line in corpus for word in line.split()}
+    kinds = set()
+    for index in range(200):
         sample = make_sample(2, index)
         caption = sample.caption
-        assert caption.describes(sample)
-        assert caption.text in corpus
-        assert caption.color in (None, sample.color) and caption.shape in (None, sample.shape)
-        if caption.color:
-            assert caption.color in caption.text.split()
-        if caption.shape:
-            assert caption.shape in caption.text.split()
+        assert caption.describes(sample.things) and true_of(caption.text, sample.things), caption
+        assert spoken(caption.text) == list(caption.terms)
+        assert set(caption.text.split()) <= words
+        if len(caption.terms) == 1:
+            assert caption.text in corpus
+        kinds.add(len(caption.terms))
+    assert kinds == {1, 2}
     assert with_article("a orange circle") == "an orange circle"
     assert with_article("an red star") == "a red star"
 
@@ -209,7 +263,7 @@ def pool() -> ShapesPool:
 def test_pool_holds_the_resized_stream_and_is_the_same_drawn_by_several_processes(pool: ShapesPool) -> None:
     sample = make_sample(0, 5)
     np.testing.assert_array_equal(pool.pixels[5], resize_pixels(sample.image, pool.transform))
-    assert pool.facts[5] == ShapeFacts(sample.color, sample.shape, sample.background_tone)
+    assert pool.facts[5] == ShapeFacts(sample.things)
     parallel = ShapesPool(pool.transform, seed=0, size=96, workers=2)
     assert np.array_equal(parallel.pixels, pool.pixels) and parallel.facts == pool.facts
 
@@ -224,8 +278,7 @@ def test_pool_batches_are_flipped_pool_images_with_fresh_captions(pool: ShapesPo
         assert any(torch.equal(row, variant) for variant in variants)
     facts = [pool.facts[i] for i in indices]
     for text, fact in zip(batch.captions, facts, strict=True):
-        words = text.split()
-        assert fact.color in words or fact.shape in words
+        assert true_of(text, fact.things), (text, fact)
     repeated = pool.batch(step=1, size=64)
     assert repeated.captions == batch.captions and torch.equal(repeated.pixel_values, batch.pixel_values)
 
@@ -235,28 +288,30 @@ def test_every_true_description_in_a_batch_is_a_positive(pool: ShapesPool) -> No
     facts = [pool.facts[pool.index(j)] for j in range(64)]
     assert batch.positives.diagonal().all()
     assert batch.positives.sum() > 64  # "a circle" describes every circle; two red stars describe each other
+    assert any(len(f.things) > 1 for f in facts)
     for i, fact in enumerate(facts):
         for j, text in enumerate(batch.captions):
-            words = set(text.split())
-            names_other = bool(words & (set(COLORS) - {fact.color})) or bool(words & (set(SHAPES) - {fact.shape}))
-            if names_other:
-                assert not batch.positives[i, j], (text, fact)
-            elif "background" not in words:  # names only this image's color and/or shape
-                assert batch.positives[i, j], (text, fact)
+            assert bool(batch.positives[i, j]) == true_of(text, fact.things), (text, fact)
 
 
-def test_describes_matrix_agrees_with_caption_describes_including_background_tones() -> None:
+def test_describes_matrix_agrees_with_caption_describes_for_several_objects() -> None:
     rng = np.random.default_rng(7)
-    tones = (None, "dark", "light")
-    facts = [ShapeFacts(str(rng.choice(list(COLORS))), str(rng.choice(SHAPES)), tones[int(rng.integers(3))])
-             for _ in range(40)]
-    captions = [make_caption(rng, f.color, f.shape, f.background_tone) for f in facts] + label_captions(rng)
-    captions += [Caption("a red circle on a dark background", "red", "circle", "dark")]
+    facts = []
+    for _ in range(40):
+        colors = rng.permutation(list(COLORS))[: int(rng.integers(1, 4))]
+        facts.append(ShapeFacts(tuple(Thing(str(c), str(rng.choice(SHAPES))) for c in colors)))
+    captions = [make_caption(rng, f.things, kinds=(("full", 1), ("pair", 1), ("color", 1), ("shape", 1)))
+                for f in facts] + label_captions(rng)
+    captions += [Caption("a red circle and a blue square", (("red", "circle"), ("blue", "square")))]
     matrix = describes_matrix(captions, facts)
     assert matrix.dtype == torch.bool and matrix.shape == (40, len(captions))
-    expected = [[caption.describes(fact) for caption in captions] for fact in facts]
+    expected = [[caption.describes(fact.things) for caption in captions] for fact in facts]
     assert matrix.tolist() == expected
-    assert any(c.background for c in captions[:40])  # the tone rule was exercised
+    assert any(len(c.terms) == 2 for c in captions[:40])  # the two-object rule was exercised
+    pair = Caption("a red circle and a blue square", (("red", "circle"), ("blue", "square")))
+    both = ShapeFacts((Thing("blue", "square"), Thing("red", "circle")))
+    one = ShapeFacts((Thing("red", "circle"), Thing("blue", "star")))
+    assert describes_matrix([pair], [both, one]).tolist() == [[True], [False]]
 
 
 def test_label_bank_adds_every_shape_color_and_combination_with_true_positives(pool: ShapesPool) -> None:
@@ -276,10 +331,10 @@ def test_label_bank_adds_every_shape_color_and_combination_with_true_positives(p
     facts = [banked.facts[banked.index(j)] for j in range(16)]
     for i, fact in enumerate(facts):
         for j, text in enumerate(extra, start=16):
-            true = (all(c == fact.color for c in named(text, COLORS))
-                    and all(s == fact.shape for s in named(text, SHAPES)))
-            assert bool(batch.positives[i, j]) == true, (text, fact)
-        assert int(batch.positives[i, 16:].sum()) == 3  # its shape, its color, its combination
+            assert bool(batch.positives[i, j]) == true_of(text, fact.things), (text, fact)
+        things = fact.things  # its shapes, its colors, its combinations
+        expected = len({t.shape for t in things}) + len({t.color for t in things}) + len(things)
+        assert int(batch.positives[i, 16:].sum()) == expected
     assert banked.batch(step=1, size=16).captions[16:] != extra  # phrasings drawn anew per step
 
 

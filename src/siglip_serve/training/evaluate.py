@@ -37,8 +37,8 @@ def combo_label(color: str, shape: str) -> str:
 
 
 def held_out(count: int, seed: int = HELD_OUT_SEED) -> list[ShapeSample]:
-    """`count` fresh samples; any multiple of 48 holds every combination equally often."""
-    return [make_sample(seed, index) for index in range(count)]
+    """`count` fresh one-object samples; any multiple of 48 holds every combination equally often."""
+    return [make_sample(seed, index, single=True) for index in range(count)]
 
 
 def top1(model: Model, image_embeds: torch.Tensor, labels: Sequence[str], truth: Sequence[str]) -> float:
