@@ -21,7 +21,6 @@ dataclass of arrays, not a fixed-shape tensor).
 
 from __future__ import annotations
 
-import functools
 import pickle
 import sys
 import time
@@ -40,6 +39,9 @@ from siglip_serve.preprocess.images import prepare_image
 
 _ITEM_FIELDS = ("id", "reference", "is_url", "must_be_image", "text", "metadata_row")
 _INTERNAL = ("_metadata_row", "_skipped", "_node")
+# The largest image allowed (64 MP as RGBA, 256 MB; --max-image-pixels' default) decoding, plus a batch of
+# prepared inputs (32 x 1.7 MB at 384 px in float32).
+DECODE_TASK_MEMORY_BYTES = 512 * 1024 * 1024
 
 
 @dataclass
@@ -189,10 +191,12 @@ def _run(options: EmbedOptions, ray_options: RayOptions, inputs: Any, on_commit:
     dataset = (
         ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // options.batch_size, 512)))
         .map_batches(decode_batch, batch_size=options.batch_size, batch_format="pyarrow",
-                     # As a function of no arguments, Ray Data keeps these tasks apart from the actors instead
-                     # of fusing decoding into them (operator_fusion: no fusion with a ray_remote_args_fn),
-                     # so decoding runs on other CPUs, overlapped with the model.
-                     ray_remote_args_fn=functools.partial(dict, num_cpus=ray_options.decode_cpus),
+                     num_cpus=ray_options.decode_cpus,
+                     # Reserved so that a node runs no more decode tasks than its memory holds. Also, as the
+                     # actors reserve none, Ray Data keeps decoding in tasks of its own instead of fusing it
+                     # into the actors (fusion needs equal remote args: ray.data's rules/operator_fusion.py):
+                     # decoding runs on other CPUs, overlapped with the model.
+                     memory=DECODE_TASK_MEMORY_BYTES,
                      fn_kwargs={"preparer": preparer, "policy": options.policy,
                                 "workers": max(1, int(ray_options.decode_cpus))})
         .map_batches(EmbedActor, batch_size=options.batch_size, batch_format="pyarrow",
