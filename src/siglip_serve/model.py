@@ -9,6 +9,8 @@ Works without any server::
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -20,6 +22,7 @@ from siglip_serve.config import default
 from siglip_serve.errors import EmptyInputError, SiglipServeError
 from siglip_serve.features import PatchFeatures, PatchLayout
 from siglip_serve.models.checkpoint import Checkpoint
+from siglip_serve.models.registry import download_progress
 from siglip_serve.models.runtime_choice import OpenVinoOptions, load_for_backend
 from siglip_serve.preprocess.images import ImageSource, ImageTransform, prepare_image
 from siglip_serve.preprocess.pixel_budget import PixelBudget
@@ -224,7 +227,20 @@ class Model:
 
 
 def quiet_transformers() -> None:
-    """No progress bars or config warnings from transformers on the CLI and server."""
+    """No progress bars or config warnings from transformers (and huggingface_hub downloads): CLI, server, jobs.
+
+    Without importing transformers when nothing has yet (~1 s of a CLI run, most of which never needs it):
+    its logger and huggingface_hub's progress bars read these variables when they are first imported.
+    """
+    if "transformers" not in sys.modules:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        if "huggingface_hub" not in sys.modules:
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            return
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+        return
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()
@@ -242,6 +258,7 @@ def load(
     backend: str = "torch",
     quantize: str = "none",
     openvino: OpenVinoOptions | None = None,
+    progress: bool = False,
 ) -> Model:
     """Load a checkpoint from a local directory or a Hugging Face hub id.
 
@@ -252,7 +269,12 @@ def load(
     (``"auto"``: there where it applies, torch elsewhere), with ``quantize="int8-weights"`` or ``"int8"``
     as opt-ins whose cosine against float32 is checked and logged; `openvino` holds its cache directory,
     calibration images and threads (`siglip_serve.models.runtime_choice`, `models.openvino_backend`).
+
+    Quiet by default: no warnings and nothing on stderr for a checkpoint that loads correctly (what it
+    chose is logged at INFO on the ``siglip_serve`` logger). ``progress=True`` shows huggingface_hub's
+    download progress bars for a hub id that is not in the local cache yet.
     """
-    checkpoint = load_for_backend(spec, device=device, dtype=dtype, backend=backend, quantize=quantize,
-                                  options=openvino)
+    with download_progress(progress):
+        checkpoint = load_for_backend(spec, device=device, dtype=dtype, backend=backend, quantize=quantize,
+                                      options=openvino)
     return Model(checkpoint, max_pixels=max_pixels, batch_size=batch_size, jpeg_draft=jpeg_draft)

@@ -213,6 +213,75 @@ def test_models_json(capsys) -> None:
     assert by_id["google/siglip-so400m-patch14-224"]["text_length"] == 16
 
 
+def test_models_explains_every_mark_it_prints(capsys) -> None:
+    code, out, _ = run(capsys, "models")
+    assert code == 0
+    table, legend = out.split("\n\n", 1)
+    rows = table.splitlines()[1:]
+    explained = [line.split()[0] for line in legend.splitlines() if line.strip()]
+    assert any(" * " in f"{row} " for row in rows) and "*" in explained
+    assert any("(default)" in row for row in rows) and "(default):" in explained
+    assert any(" - " in f" {row} " for row in rows) and "-" in explained
+    header = table.splitlines()[0]
+    for column in ("format", "input", "embed", "params", "IN-1k 0-shot"):
+        assert column in header and f"{column}:" in legend
+
+
+# Architectures from each hub checkpoint's config.json (notes §6): width, depth, MLP, heads, patch, image, vocab.
+SEED_ARCHITECTURES = {
+    "google/siglip-base-patch16-512": (768, 12, 3072, 12, 16, 512, 32_000),
+    "google/siglip-large-patch16-384": (1024, 24, 4096, 16, 16, 384, 32_000),
+    "google/siglip-so400m-patch14-384": (1152, 27, 4304, 16, 14, 384, 32_000),
+    "timm/ViT-B-16-SigLIP": (768, 12, 3072, 12, 16, 224, 32_000),
+    "google/siglip2-so400m-patch14-384": (1152, 27, 4304, 16, 14, 384, 256_000),
+}
+
+
+@pytest.mark.parametrize("checkpoint", SEED_ARCHITECTURES)
+def test_listed_parameter_counts_are_those_of_the_architecture(checkpoint: str) -> None:
+    """Counted on the module tree built from the architecture (uninitialized: nothing is allocated for real)."""
+    from siglip_serve.models.registry import find_known
+    from siglip_serve.models.siglip_torch import SiglipConfig, SiglipModel
+
+    width, depth, mlp, heads, patch, image, vocab = SEED_ARCHITECTURES[checkpoint]
+    tower = {"hidden_size": width, "num_hidden_layers": depth, "intermediate_size": mlp, "num_attention_heads": heads}
+    config = SiglipConfig.from_dict({"vision_config": {**tower, "patch_size": patch, "image_size": image},
+                                     "text_config": {**tower, "vocab_size": vocab}})
+    count = sum(p.numel() for p in SiglipModel(config).parameters())
+    known = find_known(checkpoint)
+    assert known is not None and known.params_m == round(count / 1e6, 1)
+
+
+def test_the_demo_model_s_parameter_count_agrees_with_its_weights_and_the_readme() -> None:
+    import siglip_serve
+    from siglip_serve.models.registry import find_known
+
+    module = siglip_serve.load("siglip-demo-shapes").checkpoint.towers.module
+    count = sum(p.numel() for p in module.parameters())
+    known = find_known("siglip-demo-shapes")
+    assert known is not None and known.params_m == round(count / 1e6, 2)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    demo_section = readme.split("## The demo model", 1)[1].split("\n## ", 1)[0]
+    stated = re.findall(r"([\d.]+)M parameters", demo_section)
+    assert stated, "README's demo section states no parameter count"
+    assert {float(m) for m in stated} == {round(count / 1e6, 1)}
+
+
+def test_the_license_file_is_the_apache_2_text_that_pyproject_declares() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["license"]
+    assert (declared.get("text") if isinstance(declared, dict) else declared) == "Apache-2.0"
+    text = (root / "LICENSE").read_text()
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    # The full text, not a notice: all nine sections and the appendix.
+    for heading in ("TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION", "1. Definitions.",
+                    "9. Accepting Warranty or Additional Liability.", "END OF TERMS AND CONDITIONS",
+                    "APPENDIX: How to apply the Apache License to your work."):
+        assert heading in text
+
+
 # --- serve --help ------------------------------------------------------------------------------
 
 

@@ -7,7 +7,11 @@ unnormalized text embeddings. Exact parity with transformers lives in tests/pari
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -276,3 +280,41 @@ def test_empty_text_is_rejected_by_position(model: Model) -> None:
     with pytest.raises(EmptyInputError) as info:
         model.embed_texts(["cat", "  "])
     assert info.value.param == "input[1]"
+
+
+# --- quiet loading -----------------------------------------------------------------------------
+
+
+def test_loading_the_demo_model_writes_nothing_and_logs_nothing_above_info(
+        capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    import warnings
+
+    capfd.readouterr()
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warnings.warn during the load fails the test
+        model = siglip_serve.load("siglip-demo-shapes")
+    assert [r.getMessage() for r in caplog.records if r.levelno > logging.INFO] == []
+    assert capfd.readouterr() == ("", "")
+    assert model.classify([sample_images()["wide"]], ["red", "blue"])  # it did load
+
+
+@pytest.fixture(scope="module")
+def naflex_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import tiny_naflex
+
+    return tiny_naflex.build_naflex(tmp_path_factory.mktemp("naflex") / "ckpt")
+
+
+@pytest.mark.parametrize("which", ["demo", "naflex"])
+def test_a_fresh_process_loads_silently(which: str, request: pytest.FixtureRequest) -> None:
+    """In a fresh interpreter, where transformers' once-per-process warnings have not fired yet: nothing on
+    stdout or stderr (no progress bar, no warning), with Python warnings as errors and logging at WARNING.
+    NaFlex still loads through transformers' from_pretrained, whose "Loading weights" bar and bos/eos
+    warning (raised while formatting any SigLIP config for an INFO record) must not reach the user either."""
+    spec = "siglip-demo-shapes" if which == "demo" else str(request.getfixturevalue("naflex_dir"))
+    code = ("import logging, sys, siglip_serve\n"
+            "logging.basicConfig(level=logging.WARNING)\n"
+            "siglip_serve.load(sys.argv[1], device='cpu')\n")
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code, spec], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

@@ -252,3 +252,108 @@ def test_files_disagreeing_with_the_known_table_are_invalid(siglip1_dir: Path, e
 def test_unknown_hub_ids_are_not_cross_checked(siglip2_dir: Path, empty_offline_hub: Path) -> None:
     put_in_hub_cache(empty_offline_hub, "acme/tiny-siglip2", siglip2_dir)
     assert siglip_serve.load("acme/tiny-siglip2", device="cpu", dtype="float32").info.family == "siglip2"
+
+
+# --- our SigLIP modules (models/siglip_torch.py) against transformers' SiglipModel ----------------
+
+
+@pytest.fixture(scope="module", params=["siglip1", "siglip2", "erf-gelu"])
+def module_pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """(our module, transformers' module) loaded from the same files: both families, and the exact-GELU
+    variant that open_clip-style SigLIP 1 towers use (notes §4)."""
+    import tiny_checkpoints
+    from transformers import SiglipConfig, SiglipModel
+
+    from siglip_serve.models.siglip_torch import load_siglip_model
+
+    if request.param == "erf-gelu":
+        directory = tmp_path_factory.mktemp("erf") / "ckpt"
+        config = tiny_checkpoints.tiny_config(vocab_size=96, hidden_act="gelu")
+        tiny_checkpoints.random_siglip_model(config, seed=3).save_pretrained(directory)
+        assert SiglipConfig.from_pretrained(directory).vision_config.hidden_act == "gelu"
+    else:
+        directory = request.getfixturevalue(f"{request.param}_dir")
+    reference = SiglipModel.from_pretrained(directory, attn_implementation="sdpa").eval()
+    return load_siglip_model(directory), reference
+
+
+def test_our_modules_give_transformers_outputs_at_every_layer(module_pair) -> None:
+    ours, reference = module_pair
+    vision, text = reference.config.vision_config, reference.config.text_config
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(3, 3, vision.image_size, vision.image_size, generator=generator)
+    ids = torch.randint(0, text.vocab_size, (3, text.max_position_embeddings), generator=generator)
+    with torch.inference_mode():
+        for tower, inputs in (("vision_model", {"pixel_values": pixels}), ("text_model", {"input_ids": ids})):
+            got = getattr(ours, tower)(**inputs, output_hidden_states=True)
+            expected = getattr(reference, tower)(**inputs, output_hidden_states=True)
+            assert len(got.hidden_states) == len(expected.hidden_states)
+            for layer, (a, b) in enumerate(zip(got.hidden_states, expected.hidden_states, strict=True)):
+                torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=f"{tower} hidden_states[{layer}]")
+            torch.testing.assert_close(got.last_hidden_state, expected.last_hidden_state, atol=1e-6, rtol=0)
+            torch.testing.assert_close(got.pooler_output, expected.pooler_output, atol=1e-6, rtol=0)
+    assert ours.logit_scale.item() == reference.logit_scale.item()
+    assert ours.logit_bias.item() == reference.logit_bias.item()
+    assert ours.state_dict().keys() == reference.state_dict().keys() - {
+        "vision_model.embeddings.position_ids", "text_model.embeddings.position_ids"}
+
+
+def test_one_selected_hidden_state_is_the_same_tensor_and_the_others_are_not_kept(module_pair) -> None:
+    ours, _ = module_pair
+    size = ours.config.vision_config.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        every = ours.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states
+        one = ours.vision_model(pixel_values=pixels, output_hidden_states=[1]).hidden_states
+    assert torch.equal(one[1], every[1])
+    assert [state is None for state in one] == [index != 1 for index in range(len(every))]
+
+
+def test_config_defaults_are_transformers_defaults() -> None:
+    """google/siglip-* config.json files leave many fields out: a missing field must mean what it means to
+    transformers."""
+    from dataclasses import fields
+
+    from transformers import SiglipTextConfig, SiglipVisionConfig
+
+    from siglip_serve.models.siglip_torch import TextConfig, VisionConfig
+
+    for ours, theirs in ((VisionConfig(), SiglipVisionConfig()), (TextConfig(), SiglipTextConfig())):
+        for field in fields(ours):
+            value = getattr(ours, field.name)
+            expected = getattr(theirs, field.name)
+            if field.name == "projection_size":  # None means hidden_size to both
+                value = ours.embed_dim
+            assert value == expected, (type(ours).__name__, field.name)
+
+
+@pytest.mark.parametrize(("tower", "change"), [
+    ("vision_config", {"hidden_act": "relu"}),
+    ("text_config", {"hidden_act": "quick_gelu"}),
+    ("vision_config", {"vision_use_head": False}),
+])
+def test_configs_our_modules_do_not_implement_are_unsupported(siglip1_dir: Path, tmp_path: Path, tower: str,
+                                                              change: dict) -> None:
+    directory = copy_checkpoint(siglip1_dir, tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    config[tower].update(change)
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModelError, match=next(iter(change))):
+        siglip_serve.load(str(directory), device="cpu")
+
+
+def test_extra_weights_are_ignored_with_a_warning_and_position_ids_silently(
+        siglip1_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from safetensors.torch import load_file, save_file
+
+    directory = copy_checkpoint(siglip1_dir, tmp_path)
+    weights = load_file(directory / "model.safetensors")
+    reference = siglip_serve.load(str(siglip1_dir), device="cpu", dtype="float32").embed_texts(["a cat"])
+    weights["text_model.embeddings.position_ids"] = torch.arange(64)[None]  # as older transformers saved them
+    weights["classifier.weight"] = torch.zeros(3, 3)
+    save_file(weights, directory / "model.safetensors")
+    with caplog.at_level("WARNING", logger="siglip_serve"):
+        model = siglip_serve.load(str(directory), device="cpu", dtype="float32")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "classifier.weight" in warned[0] and "position_ids" not in warned[0]
+    assert torch.equal(model.embed_texts(["a cat"]), reference)

@@ -6,14 +6,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
-
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from siglip_serve.errors import InvalidCheckpointError
 from siglip_serve.models.registry import find_known
-from siglip_serve.models.towers import SiglipTowers
-from siglip_serve.preprocess.text import FixedLengthTokenizer
+
+if TYPE_CHECKING:  # annotations only: this module stays importable without torch
+    from PIL import Image
+
+    from siglip_serve.models.towers import SiglipTowers
+    from siglip_serve.preprocess.text import FixedLengthTokenizer
 
 PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}
 

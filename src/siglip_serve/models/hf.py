@@ -2,14 +2,18 @@
 
 Covers google/siglip-* (SentencePiece `spiece.model`) and fixed-resolution SigLIP 2
 (google/siglip2-*-patch14-384 and siblings: `model_type` is also "siglip", with a
-Gemma `tokenizer.json`). The neural network is transformers' `SiglipModel`;
-preprocessing and tokenization are ours, configured from the checkpoint's files.
+Gemma `tokenizer.json`). The neural network is `models.siglip_torch.SiglipModel`: transformers'
+`SiglipModel` module tree without importing transformers (~3 s of a CLI run; that module says why and how
+it is kept equal); preprocessing and tokenization are ours, configured from the checkpoint's files.
+`load_transformers_module` is for the formats still built on transformers' classes (NaFlex's `Siglip2Model`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ import torch
 
 from siglip_serve.errors import InvalidCheckpointError, UnsupportedModelError
 from siglip_serve.models.checkpoint import Checkpoint, Family, cross_check_known
+from siglip_serve.models.siglip_torch import load_siglip_model
 from siglip_serve.models.tokenizer_files import build_tokenizer, tokenizer_class
 from siglip_serve.models.towers import SiglipTowers
 from siglip_serve.preprocess.images import ImageTransform
@@ -85,7 +90,7 @@ def load_hf_checkpoint(directory: Path, *, name: str, device: torch.device, dtyp
     text_length = int(config.get("text_config", {}).get("max_position_embeddings", 64))
     cleaning = TextCleaning.SIGLIP if family is Family.SIGLIP else TextCleaning.LOWERCASE
     tokenizer = build_tokenizer(directory, length=text_length, cleaning=cleaning)
-    module = load_transformers_module("SiglipModel", directory)
+    module = load_siglip_model(directory)
     checkpoint = Checkpoint(
         name=name,
         directory=directory,
@@ -94,22 +99,30 @@ def load_hf_checkpoint(directory: Path, *, name: str, device: torch.device, dtyp
         towers=SiglipTowers(module, device=device, dtype=dtype),
         image_transform=transform,
         tokenizer=tokenizer,
-        embed_dim=int(module.config.vision_config.hidden_size),
-        patch_size=int(module.config.vision_config.patch_size),
+        embed_dim=module.config.vision_config.hidden_size,
+        patch_size=module.config.vision_config.patch_size,
     )
     cross_check_known(checkpoint, spec=name)
     return checkpoint
 
 
 def load_transformers_module(class_name: str, directory: Path) -> torch.nn.Module:
-    """A transformers model class in fp32 with SDPA; missing or misshapen weights are an error."""
+    """A transformers model class in fp32 with SDPA; missing or misshapen weights are an error.
+
+    Quiet: transformers' "Loading weights" progress bar is off, and so is the bos/eos "not in the
+    vocabulary" warning that `from_pretrained` raises for *every* SigLIP checkpoint (it formats the config
+    for an INFO record, which builds a default SiglipTextConfig, whose CLIP-era ids 49406/49407 fail its own
+    range check against the default 32k vocabulary: configuration_utils.py `to_diff_dict`). What the load
+    itself reports (missing, misshapen, unexpected weights) is checked here instead.
+    """
     import transformers
     from safetensors import SafetensorError
 
     try:
-        module, info = getattr(transformers, class_name).from_pretrained(
-            directory, dtype=torch.float32, attn_implementation="sdpa", output_loading_info=True
-        )
+        with quiet_transformers_loading():
+            module, info = getattr(transformers, class_name).from_pretrained(
+                directory, dtype=torch.float32, attn_implementation="sdpa", output_loading_info=True
+            )
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # corrupt or truncated download
         raise InvalidCheckpointError(f"cannot load weights from {directory}: {exc}") from None
     missing = sorted(info.get("missing_keys") or [])
@@ -121,3 +134,20 @@ def load_transformers_module(class_name: str, directory: Path) -> torch.nn.Modul
     if info.get("unexpected_keys"):
         logger.warning("%s: ignoring unexpected weights %s", directory, sorted(info["unexpected_keys"])[:5])
     return module
+
+
+@contextlib.contextmanager
+def quiet_transformers_loading() -> Iterator[None]:
+    """transformers' progress bars off and its logger at ERROR for the duration, then as they were."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()

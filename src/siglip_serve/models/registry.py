@@ -7,8 +7,13 @@ or ``siglip-demo-shapes``: the small demo model inside the package.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
 import tomllib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from functools import cache
 from importlib import resources
@@ -28,6 +33,21 @@ HUB_ALLOW_PATTERNS = [
     "spiece.model",
     "tokenizer.model",
 ]
+
+
+# Whether a hub download shows huggingface_hub's progress bars: off unless the caller of `siglip_serve.load`
+# asks (progress=True), so that the library and the server print nothing by default. A ContextVar, because
+# the loading path between `load` and the download (runtime_choice, loader) need not carry the flag.
+_DOWNLOAD_PROGRESS: ContextVar[bool] = ContextVar("siglip_serve_download_progress", default=False)
+
+
+@contextlib.contextmanager
+def download_progress(enabled: bool) -> Iterator[None]:
+    token = _DOWNLOAD_PROGRESS.set(enabled)
+    try:
+        yield
+    finally:
+        _DOWNLOAD_PROGRESS.reset(token)
 
 
 @dataclass(frozen=True)
@@ -53,6 +73,8 @@ class KnownCheckpoint:
 
 @cache
 def known_checkpoints() -> tuple[KnownCheckpoint, ...]:
+    """The table, with the demo model's parameter count read from the weights that ship in the package
+    (so it cannot go stale when the demo is retrained at another size)."""
     text = resources.files("siglip_serve.models").joinpath("known_checkpoints.toml").read_text()
     names = {f.name for f in fields(KnownCheckpoint)}
     rows = tomllib.loads(text)["checkpoint"]
@@ -60,7 +82,24 @@ def known_checkpoints() -> tuple[KnownCheckpoint, ...]:
         unknown = set(row) - names
         if unknown:
             raise ValueError(f"known_checkpoints.toml: unknown fields {sorted(unknown)} in {row['id']}")
-    return tuple(KnownCheckpoint(**row) for row in rows)
+    weights = demo_model_dir() / "model.safetensors"
+    return tuple(
+        KnownCheckpoint(**row, params_m=round(safetensors_parameter_count(weights) / 1e6, 2))
+        if row["id"] == DEMO_MODEL_NAME and "params_m" not in row and weights.is_file() else KnownCheckpoint(**row)
+        for row in rows
+    )
+
+
+def safetensors_parameter_count(path: Path) -> int:
+    """Elements of every tensor in a .safetensors file, from its header alone (no torch, no weights read).
+
+    The format: an 8-byte little-endian header length, then a JSON header mapping each tensor name to its
+    dtype, shape and offsets, plus an optional "__metadata__" entry (huggingface/safetensors README).
+    """
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+    return sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
 
 
 def find_known(spec: str) -> KnownCheckpoint | None:
@@ -100,7 +139,8 @@ def _download_from_hub(repo_id: str) -> Path:
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS))
+        with _hub_progress_bars(_DOWNLOAD_PROGRESS.get()):
+            return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS))
     except LocalEntryNotFoundError:
         raise CheckpointNotFoundError(
             f"{repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached "
@@ -110,3 +150,21 @@ def _download_from_hub(repo_id: str) -> Path:
         ) from None
     except (RepositoryNotFoundError, HFValidationError) as exc:
         raise CheckpointNotFoundError(f"hub id {repo_id!r} cannot be resolved: {exc}") from None
+
+
+@contextlib.contextmanager
+def _hub_progress_bars(enabled: bool) -> Iterator[None]:
+    """huggingface_hub's bars off for the download unless `enabled`; left as they were afterwards.
+
+    Only ever turned off here, never on: HF_HUB_DISABLE_PROGRESS_BARS=1 (or quiet_transformers) wins.
+    """
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    if enabled or are_progress_bars_disabled():
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        enable_progress_bars()
