@@ -55,7 +55,7 @@ def browser() -> Iterator[Any]:
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """No --model: the shipped siglip-demo-shapes, which knows colored shapes."""
     log = tmp_path_factory.mktemp("logs") / "playground.log"
-    with live_server([], log) as server:
+    with live_server(["--allow-private-urls"], log) as server:  # the image host of the URL test is on loopback
         yield server
 
 

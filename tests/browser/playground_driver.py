@@ -143,6 +143,20 @@ def drop_files(page: Page, selector: str, files: Sequence[tuple[str, bytes]]) ->
     page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
 
 
+def paste_files(page: Page, files: Sequence[tuple[str, bytes]]) -> None:
+    """A paste of copied image files: a ClipboardEvent carrying them, dispatched on the page's body."""
+    payload = [{"name": name, "data": b64(data)} for name, data in files]
+    page.evaluate("""files => {
+        const transfer = new DataTransfer();
+        for (const {name, data} of files) {
+            const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+            transfer.items.add(new File([bytes], name, {type: "image/png"}));
+        }
+        const event = new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true, cancelable: true});
+        document.body.dispatchEvent(event);
+    }""", payload)
+
+
 def classify(page: Page, image: tuple[str, bytes], labels: Sequence[str], *, templates: Sequence[str] = (),
              normalization: str = "sigmoid") -> list[tuple[str, str]]:
     page.locator("#classify-file").set_input_files(png_file(*image))

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package (test extra)")
 
 from conftest import API_KEY  # noqa: E402
-from live import LiveServer  # noqa: E402
+from live import ImageHost, LiveServer  # noqa: E402
 from playground_driver import (  # noqa: E402
     PHONE,
     WAIT_MS,
@@ -31,6 +31,7 @@ from playground_driver import (  # noqa: E402
     error_message,
     guarded_page,
     open_page,
+    paste_files,
     search,
     set_chips,
     shape_png,
@@ -159,6 +160,39 @@ def test_a_dropped_image_is_classified(page: Page, http: httpx.Client, demo_serv
     set_chips(page, "classify-labels", "classify-label-input", LABELS)
     shown = submit_classify(page, expected_rows=len(LABELS))
     assert_chart_is(shown, api_ranking(http, BLUE_SQUARE[1], LABELS))
+
+
+def test_a_pasted_image_is_classified(page: Page, http: httpx.Client, demo_server: LiveServer) -> None:
+    open_page(page, demo_server.url)
+    wait_for_models(page)
+    paste_files(page, [GREEN_TRIANGLE])
+    expect(page.locator("#classify-preview")).to_have_attribute("alt", re.compile("green-triangle.png"))
+    set_chips(page, "classify-labels", "classify-label-input", LABELS)
+    shown = submit_classify(page, expected_rows=len(LABELS))
+    assert_chart_is(shown, api_ranking(http, GREEN_TRIANGLE[1], LABELS))
+
+
+@pytest.fixture
+def image_host() -> Iterator[ImageHost]:
+    """Another host (a loopback port of its own) serving the red circle."""
+    with ImageHost({"/red-circle.png": (RED_CIRCLE[1], "image/png")}) as host:
+        yield host
+
+
+def test_an_image_url_is_fetched_by_the_server_never_by_the_page(
+        guarded: tuple[Page, Requests], http: httpx.Client, demo_server: LiveServer, image_host: ImageHost) -> None:
+    page, requests = guarded
+    url = f"{image_host.url}/red-circle.png"
+    open_page(page, demo_server.url)
+    wait_for_models(page)
+    page.locator("#classify-url").fill(url)
+    set_chips(page, "classify-labels", "classify-label-input", LABELS)
+    shown = submit_classify(page, expected_rows=len(LABELS))
+    assert image_host.requests == ["/red-circle.png"]  # fetched once, by the server
+    assert requests.foreign == []  # the page never loaded it (no preview)
+    response = http.post("/v1/classify", json={"input": [url], "labels": LABELS})
+    assert response.status_code == 200, response.text
+    assert_chart_is(shown, [(row["label"], row["score"]) for row in response.json()["data"][0]["predictions"]])
 
 
 def test_labels_are_editable_chips(page: Page, demo_server: LiveServer) -> None:
@@ -313,15 +347,15 @@ def test_with_an_api_key_the_page_shows_the_401_then_works_once_the_key_is_enter
 
 def test_no_request_leaves_the_server(guarded: tuple[Page, Requests], demo_server: LiveServer,
                                       shapes_collection: str) -> None:
-    """Every tool used once, with an image URL for classify: the server refuses to fetch a private address,
-    and the page never loads it itself (no preview), so every request the browser made went to the server."""
+    """Every tool used once, including an image URL on another host for classify (which the server is asked
+    to fetch, never the page): every request the browser made went to the server."""
     page, requests = guarded
     open_page(page, demo_server.url)
     wait_for_models(page)
     classify(page, RED_CIRCLE, ["a red circle"])
-    page.locator("#classify-url").fill("http://10.1.2.3/cat.jpg")
+    page.locator("#classify-url").fill("http://127.0.0.2:9/missing.png")  # nothing listens: the server says so
     page.locator("#classify-submit").click()
-    expect(page.locator("#classify-error .message")).to_contain_text("10.1.2.3", timeout=WAIT_MS)
+    expect(page.locator("#classify-error .message")).to_contain_text("127.0.0.2", timeout=WAIT_MS)
     page.locator("#tab-search").click()
     expect(page.locator(f"#collection option[value='{shapes_collection}']")).to_be_attached(timeout=WAIT_MS)
     search(page, shapes_collection, text="a red circle")
