@@ -161,6 +161,10 @@ class Settings(BaseSettings):
         "above max_batch_size so that the replica's batcher sees full batches."))
     target_ongoing_requests: float = Field(16.0, gt=0, description=(
         "With --autoscale: ongoing requests per replica Serve aims for when it adds or removes replicas."))
+    ray_metrics_dir: str | None = Field(None, description=(
+        "With --ray: each replica also serves its own Prometheus metrics on a free port of its node and writes "
+        "a file_sd target file (REPLICA.json) into this directory for Prometheus to discover. Default: none "
+        "(GET /metrics through Serve shows the replica that answers it)."))
 
     @field_validator("model", "api_key", mode="before")
     @classmethod

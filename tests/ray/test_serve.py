@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from cluster import WAIT_S, RayNode, free_port, session_logs, wait_until
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sample_images import photo_like
 
 from siglip_serve.config import Settings
@@ -42,6 +44,7 @@ class ServeProcess:
     url: str
     log_path: Path
     temp_dir: str
+    metrics_dir: Path
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -75,12 +78,12 @@ def served(ray_head: RayNode, ray_driver: str, siglip1_dir: Path,
     port = free_port()
     command = [sys.executable, "-m", "siglip_serve.cli", "serve", "--ray", "--ray-address", ray_head.address,
                "--replicas", "2", "--ray-num-cpus", "0.5", "--host", "127.0.0.1", "--port", str(port),
-               *server_args(siglip1_dir, work / "data")]
+               "--ray-metrics-dir", str(work / "metrics"), *server_args(siglip1_dir, work / "data")]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SIGLIP_SERVE_", "RAY_ADDRESS"))}
     log_path = work / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = ServeProcess(proc, f"http://127.0.0.1:{port}", log_path, ray_head.temp_dir)
+    server = ServeProcess(proc, f"http://127.0.0.1:{port}", log_path, ray_head.temp_dir, work / "metrics")
     try:
         wait_until(lambda: proc.poll() is not None or running_replicas() == 2, "2 running replicas")
         assert proc.poll() is None, f"serve --ray exited with {proc.returncode}:\n{server.log()}"
@@ -159,6 +162,35 @@ def test_two_replicas_answer_with_the_plain_servers_numbers(served: ServeProcess
             missing = client.post("/v1/collections/nope/search", json={"query": "x"})
             assert missing.status_code == 404, missing.text
         assert "siglip_requests_total" in ray_client.get("/metrics").text
+
+
+def replica_targets(metrics_dir: Path) -> dict[str, str]:
+    """Prometheus file_sd targets the replicas wrote: replica id -> host:port."""
+    targets = {}
+    for path in metrics_dir.glob("*.json"):
+        for group in json.loads(path.read_text()):
+            targets[group["labels"]["replica"]] = group["targets"][0]
+    return targets
+
+
+def embeddings_served(target: str) -> float:
+    text = httpx.get(f"http://{target}/metrics", timeout=HTTP_TIMEOUT_S).text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "siglip_requests_total"
+               and sample.labels == {"route": "/v1/embeddings", "status": "200"})
+
+
+def test_every_replica_is_a_prometheus_target_of_its_own(served: ServeProcess) -> None:
+    wait_until(lambda: len(replica_targets(served.metrics_dir)) == 2, "a target file per replica")
+    targets = replica_targets(served.metrics_dir)
+    assert {name.rpartition("#")[2] for name in replica_names()} == set(targets)
+    before = sum(embeddings_served(target) for target in targets.values())
+    requests = 8
+    with httpx.Client(base_url=served.url, timeout=HTTP_TIMEOUT_S) as client:
+        for index in range(requests):
+            assert client.post("/v1/embeddings", json={"model": "tiny", "input": [f"text {index}"]}).status_code == 200
+    # Every request counted once, by the replica that answered it.
+    assert sum(embeddings_served(target) for target in targets.values()) == before + requests
 
 
 def test_two_replicas_ingest_and_search_one_collection(served: ServeProcess) -> None:

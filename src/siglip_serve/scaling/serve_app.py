@@ -16,6 +16,8 @@ Each replica keeps our dynamic batcher (Serve's own batching is not used); `max_
 bounds the requests Serve lets into one replica, so keep it above `max_batch_size`.
 Health: Serve calls `check_health` on every replica every few seconds; it raises when the engine is
 unhealthy (a dead batcher loop), and Serve then replaces the replica.
+Metrics: /metrics through the proxy shows the replica that answers; --ray-metrics-dir makes every
+replica a Prometheus target of its own (scaling/replica_metrics.py).
 """
 
 from __future__ import annotations
@@ -101,6 +103,18 @@ class SiglipReplica:
         # The engine is built by the app's lifespan (in a thread), which Serve runs on the replica.
         self.fastapi_app = create_app(settings, lambda: build_engine(settings), collections=collections,
                                       accounts=self.accounts)
+        self.metrics_exporter = None if settings.ray_metrics_dir is None else self._export_metrics(settings)
+
+    def _export_metrics(self, settings: Settings) -> Any:
+        import ray
+        from ray import serve
+
+        from siglip_serve.scaling.replica_metrics import ReplicaMetricsExporter
+
+        return ReplicaMetricsExporter(self.fastapi_app, directory=settings.ray_metrics_dir,
+                                      replica=serve.get_replica_context().replica_id.unique_id,
+                                      node=ray.get_runtime_context().get_node_id(), bind=settings.host,
+                                      node_ip=ray.util.get_node_ip_address())
 
     def __serve_build_asgi_app__(self) -> Any:
         return self.fastapi_app
@@ -119,6 +133,9 @@ class SiglipReplica:
 
     def __del__(self) -> None:
         # After Serve ran the lifespan shutdown (drained batchers, last usage written).
+        exporter = getattr(self, "metrics_exporter", None)
+        if exporter is not None:
+            exporter.close()
         store = getattr(getattr(self, "accounts", None), "store", None)
         if store is not None:
             store.close()
