@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 from fakes import FakeBackend
-from live import HTTP_TIMEOUT_S, assert_error
+from live import HTTP_TIMEOUT_S, assert_error, assert_same_ranking, png
 
 from siglip_serve.api.app import create_app
 from siglip_serve.config import Settings
@@ -122,3 +122,34 @@ def test_page_renders_in_chromium_with_no_network(main_server, page, rendered):
             browser.close()
     assert "/v1/classify" in text or "Classify" in text
     assert refused == []
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium (.ci/run installs it)")
+def test_try_it_out_uploads_a_file_from_the_docs_page(main_server, lib_tiny, tmp_path):
+    """Swagger UI's form for /v1/classify: pick a file, type labels, Execute; the library's numbers come back."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    image = png(seed=31)
+    picked = tmp_path / "cat.png"
+    picked.write_bytes(image)
+    op = "#operations-default-classify_v1_classify_post"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            tab = browser.new_page()
+            tab.goto(f"{main_server.url}/docs#/default/classify_v1_classify_post")
+            tab.click(f"{op} >> text=Try it out", timeout=60_000)
+            tab.select_option(f"{op} select.content-type", "multipart/form-data")
+            tab.set_input_files(f"{op} tr[data-property-name=image] input[type=file]", picked)
+            for field, value in {"labels": "cat,dog", "hypothesis_template": "", "model": "tiny", "top_k": ""}.items():
+                tab.fill(f"{op} tr[data-property-name={field}] input[type=text]", value)
+            with tab.expect_response(lambda r: r.url.endswith("/v1/classify")) as answer:
+                tab.click(f"{op} >> text=Execute")
+            response = answer.value
+            sent_as = response.request.headers["content-type"]
+            status, body = response.status, response.json()
+        finally:
+            browser.close()
+    assert sent_as.startswith("multipart/form-data")
+    assert status == 200, body
+    got = [(p["label"], p["score"]) for p in body["data"][0]["predictions"]]
+    assert_same_ranking(got, lib_tiny.classify([image], ["cat", "dog"])[0])

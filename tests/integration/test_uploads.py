@@ -115,6 +115,14 @@ def test_classify_form_options_equal_json(http):
     assert_same_ranking(rankings(form)[0], rankings(as_json)[0])
 
 
+def test_blank_optional_fields_are_not_given(http):
+    """HTML forms and Swagger UI's "Try it out" send optional fields left blank as empty values."""
+    form = http.post("/v1/classify", **multipart(("model", "tiny"), ("image", CAT), ("labels", "cat,dog"),
+                                                 ("top_k", ""), ("normalization", ""), ("hypothesis_template", "")))
+    as_json = http.post("/v1/classify", json={"model": "tiny", "input": [b64(CAT)], "labels": ["cat", "dog"]})
+    assert_same_ranking(rankings(form)[0], rankings(as_json)[0])
+
+
 def test_image_field_may_hold_base64_text(http):
     form = http.post("/v1/classify", **multipart(("model", "tiny"), ("image", b64(CAT)), ("labels", "cat,dog")))
     as_json = http.post("/v1/classify", json={"model": "tiny", "input": [b64(CAT)], "labels": ["cat", "dog"]})

@@ -29,7 +29,9 @@ from siglip_serve.engine.inputs import Input
 from siglip_serve.errors import InvalidFormError, InvalidImageError, TooManyInputsError, shown
 
 FORM_TYPE = "multipart/form-data"
-FILE_SCHEMA = {"type": "string", "contentMediaType": "application/octet-stream"}  # what FastAPI writes for files
+# A file part. Swagger UI 5 shows a file picker only for format: binary (OpenAPI 3.0's way); for FastAPI's OpenAPI
+# 3.1 contentMediaType alone it shows a text box.
+FILE_SCHEMA = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
 # Parsed parts are objects (a file is a spooled temporary file): their count is bounded apart from the body size,
 # loosely enough that the request model's own limits (--max-inputs, --max-labels) answer first, in their words.
 MIN_PART_LIMIT = 64
@@ -69,11 +71,13 @@ class Form:
 
     def fields(self, *, besides: set[str]) -> dict[str, Any]:
         """The remaining text fields as the JSON body has them: sent once, the value; repeated, the list of
-        values (which the model then refuses for a single-valued field, naming it)."""
+        values (which the model then refuses for a single-valued field, naming it). A field sent once and empty
+        is left out, as FastAPI's own forms do: HTML forms and Swagger UI send optional fields left blank."""
         body: dict[str, Any] = {}
         for name in dict.fromkeys(part.name for part in self.parts if part.name not in besides):
             values = self.texts(name)
-            body[name] = values[0] if len(values) == 1 else values
+            if values != [""]:
+                body[name] = values[0] if len(values) == 1 else values
         return body
 
 
@@ -145,7 +149,7 @@ def classify_body(form: Form) -> dict[str, Any]:
     images = [image_input(part) for part in form.named("image", "input")]
     body = with_list(body, "input", images or None)
     body = with_list(body, "labels", text_list(form, "labels"))
-    templates = form.texts("hypothesis_template")
+    templates = [template for template in form.texts("hypothesis_template") if template]  # blank: not given
     if templates:
         body["hypothesis_template"] = templates[0] if len(templates) == 1 else templates
     return body
