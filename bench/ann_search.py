@@ -3,6 +3,11 @@
     python bench/ann_search.py                      # 10k, 100k and 1M vectors of 768 dimensions
     python bench/ann_search.py --sizes 10000,100000 # a subset
     python bench/ann_search.py --quick              # smoke run: 2k vectors of 64 dimensions
+    python bench/ann_search.py --sizes 1000000 --work-dir /tmp/ann --keep   # build once, time again later
+
+With `--keep`, each size's table and its index stay in `--work-dir` with a note of how long the ingest
+and the build took (and at what load); a later run with `--keep` reuses them and only searches again,
+so that the search figures can be taken on a quiet machine after a long build on a shared one.
 
 Everything goes through `storage.collections.LanceCollectionStore`, the code the server runs:
 ingest is `upsert` (LanceDB merge_insert on id) in batches, search is `search` (with the default
@@ -17,6 +22,7 @@ that of real SigLIP embeddings, whose neighbourhoods are more uneven.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -73,7 +79,8 @@ def search_run(store: LanceCollectionStore, queries: np.ndarray, truth: list[set
             "recall_at_10": float(np.mean(recalls))}
 
 
-def run_size(n: int, dim: int, n_queries: int, exact_queries: int, root: Path, *, index: bool) -> dict:
+def run_size(n: int, dim: int, n_queries: int, exact_queries: int, root: Path, *, index: bool,
+             keep: bool = False) -> dict:
     rng = np.random.default_rng(n)
     centres = rng.standard_normal((max(10, n // 1000), dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -84,29 +91,47 @@ def run_size(n: int, dim: int, n_queries: int, exact_queries: int, root: Path, *
         group_mask = (np.arange(n) % GROUPS) == 3
         truth_filtered = exact_top(points, queries, TOP_K, group_mask)
     data = root / f"n{n}"
+    built_note = data / "built.json"
     store = LanceCollectionStore(str(data), ann_index_threshold=0)
-    store.create("bench", model="synthetic", spec=None, embed_dim=dim)
-    with stage(f"{n}: ingest"):
-        started = time.perf_counter()
-        for start in range(0, n, BATCH):
-            stop = min(n, start + BATCH)
-            store.upsert("bench", [NewItem(str(i), points[i], {"group": i % GROUPS}) for i in range(start, stop)])
-        ingest_s = time.perf_counter() - started
+    built = json.loads(built_note.read_text()) if keep and built_note.exists() else None
+    if built is None:
+        shutil.rmtree(data, ignore_errors=True)
+        store = LanceCollectionStore(str(data), ann_index_threshold=0)
+        store.create("bench", model="synthetic", spec=None, embed_dim=dim)
+        with stage(f"{n}: ingest"):
+            started = time.perf_counter()
+            for start in range(0, n, BATCH):
+                stop = min(n, start + BATCH)
+                store.upsert("bench", [NewItem(str(i), points[i], {"group": i % GROUPS}) for i in range(start, stop)])
+            ingest_s = time.perf_counter() - started
+        built = {"ingest_s": ingest_s, "ingest_load_average": list(os.getloadavg()), "index": None,
+                 "index_build_s": None, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if keep:
+            built_note.write_text(json.dumps(built))
     assert store.count("bench") == n
-    with stage(f"{n}: exact search ({exact_queries} queries)"):
-        exact = search_run(store, queries[:exact_queries], truth[:exact_queries])
-    row = {"n": n, "dim": dim, "clusters": len(centres), "ingest_rows_per_s": n / ingest_s, "ingest_s": ingest_s,
-           "exact": exact, "index": None, "index_build_s": None, "ann": {}, "ann_filtered": {}}
-    if index:
+    if built.get("exact") is None:  # timed once, before any index (a kept table's figure is from its first run)
+        with stage(f"{n}: exact search ({exact_queries} queries)"):
+            built["exact"] = search_run(store, queries[:exact_queries], truth[:exact_queries])
+            built["exact_load_average"] = list(os.getloadavg())
+        if keep:
+            built_note.write_text(json.dumps(built))
+    if index and built["index"] is None:
         with stage(f"{n}: build the index"):
             started = time.perf_counter()
-            row["index"] = store.build_index("bench").index
-            row["index_build_s"] = time.perf_counter() - started
+            built["index"] = store.build_index("bench").index
+            built["index_build_s"] = time.perf_counter() - started
+            built["build_load_average"] = list(os.getloadavg())
+        if keep:
+            built_note.write_text(json.dumps(built))
+    row = {"n": n, "dim": dim, "clusters": len(centres), "ingest_rows_per_s": n / built["ingest_s"], **built,
+           "ann": {}, "ann_filtered": {}, "search_load_average": list(os.getloadavg())}
+    if index:
         with stage(f"{n}: ANN search ({n_queries} queries)"):
             row["ann"] = search_run(store, queries, truth)
             row["ann_filtered"] = search_run(store, queries, truth_filtered, where={"group": 3})
     row["disk_mb"] = sum(p.stat().st_size for p in data.rglob("*") if p.is_file()) / 2**20
-    shutil.rmtree(data, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(data, ignore_errors=True)
     return row
 
 
@@ -119,6 +144,8 @@ def main() -> None:
     parser.add_argument("--work-dir", default=None, help="Where the tables go (default: a temporary directory).")
     parser.add_argument("--index-max", type=int, default=None,
                         help="Build no index above this many vectors (ingest and exact search only).")
+    parser.add_argument("--keep", action="store_true",
+                        help="Keep each size's table and index in --work-dir, and reuse them when already there.")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -130,7 +157,7 @@ def main() -> None:
     rows = []
     for n in sizes:
         row = run_size(n, args.dim, args.queries, min(args.exact_queries, args.queries), root,
-                       index=args.index_max is None or n <= args.index_max)
+                       index=args.index_max is None or n <= args.index_max, keep=args.keep)
         rows.append(row)
         print(row, file=sys.stderr, flush=True)
     report.add("results", rows)

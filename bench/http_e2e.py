@@ -14,12 +14,21 @@ time alone, that cell runs at concurrency 1 with 2 requests; the baseline's 1,00
 
     python bench/http_e2e.py --quick        # smoke: ~5 min on 2 busy cores
     python bench/http_e2e.py                # full: ~25-35 min on this 2-core CPU (base-224, fp32)
+
+Several server configurations in one run (issue #18's targets: each option against the same baseline,
+measured in the same run; `--cells targets` keeps the cells those targets name):
+
+    python bench/http_e2e.py --cells targets --no-inprocess \
+        --variant "torch-fp32=--backend torch" --variant "openvino-fp32=--backend openvino" \
+        --variant "int8-weights=--backend openvino --quantize int8-weights" \
+        --variant "int8=--backend openvino --quantize int8"
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -65,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int, default=None, help="Both servers' torch intra-op threads.")
     parser.add_argument("--decode-workers", type=int, default=None, help="Our server's --decode-workers.")
     parser.add_argument("--server-arg", action="append", default=[], help="Extra `siglip-serve serve` argument.")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                        help="A server configuration to measure (repeat): NAME=extra `serve` arguments. "
+                             "The baseline runs once, between the first variant and the rest.")
+    parser.add_argument("--cells", choices=("all", "targets"), default="all",
+                        help="targets: classify 640x480 with 10 labels (warm c=1,4; cold c=1) and embeddings c=4.")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-inprocess", action="store_true")
     parser.add_argument("--inprocess-calls", type=int, default=8, help="Per in-process cell (1,000 labels: 1).")
@@ -83,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
     levels = tuple(int(c) for c in args.concurrency.split(","))
     many = args.many_labels
+    if args.cells == "targets":
+        return [Scenario("classify", "640x480", 10, "warm", (1, 4)), Scenario("classify", "640x480", 10, "cold", (1,)),
+                Scenario("embeddings", "640x480", 0, "-", (4,))]
     if args.quick:
         return [Scenario("classify", "640x480", 10, "warm", levels), Scenario("classify", "640x480", 10, "cold", (1,)),
                 Scenario("classify", "640x480", many, "warm", (1,)),
@@ -294,6 +311,26 @@ def in_process(checkpoint: Path, images: dict[str, list[bytes]], args: argparse.
 # --- report -------------------------------------------------------------------------------------
 
 
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, extra = text.partition("=")
+    if not name:
+        raise SystemExit(f"--variant needs NAME=ARGS, got {text!r}")
+    return name, extra.split()
+
+
+def variant_table(ratio_rows: list[dict[str, Any]]) -> str:
+    """One row per variant, one column per cell: ratio to the baseline (and our req/s)."""
+    cells: dict[str, dict[str, str]] = {}
+    for r in ratio_rows:
+        cell = f"{r['endpoint']} {r['labels'] or ''} {r['cache']} c={r['concurrency']}".replace("  ", " ")
+        text = "-" if r["throughput_ratio"] is None else f"{r['throughput_ratio']:.2f}x ({r['ours_rps']:.2f} req/s)"
+        cells.setdefault(r["server"], {})[cell] = text
+    columns = list(dict.fromkeys(c for row in cells.values() for c in row))
+    lines = ["| server | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {server} | " + " | ".join(row.get(c, "-") for c in columns) + " |" for server, row in cells.items()]
+    return "\n".join(lines)
+
+
 def ratios(ours_rows: list[dict[str, Any]], base_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Ours over the baseline at equal (endpoint, image, labels, concurrency): throughput ratio and
     p50 latency speed-up (baseline p50 / ours p50; at concurrency 1 that is single-request latency)."""
@@ -303,7 +340,7 @@ def ratios(ours_rows: list[dict[str, Any]], base_rows: list[dict[str, Any]]) -> 
         b = base.get((r["endpoint"], r["image"], r["labels"], r["concurrency"]))
         if b is None:
             continue
-        out.append({k: r[k] for k in ("endpoint", "image", "labels", "cache", "concurrency")} | {
+        out.append({k: r[k] for k in ("server", "endpoint", "image", "labels", "cache", "concurrency")} | {
             "ours_rps": r["throughput_rps"], "baseline_rps": b["throughput_rps"],
             "throughput_ratio": common.ratio(r["throughput_rps"], b["throughput_rps"]),
             "ours_p50_ms": r["p50_ms"], "baseline_p50_ms": b["p50_ms"],
@@ -383,9 +420,19 @@ def main(argv: list[str] | None = None) -> int:
     report.add("checkpoint", str(checkpoint))
     report.add("image_bytes", {k: [len(b) for b in v] for k, v in images.items()})
     cells = scenarios(args)
-    ours_rows, ours_info = run_ours(checkpoint, cells, images, args)
-    base_rows, base_info = ([], {}) if args.no_baseline else run_baseline(
-        checkpoint, baseline_scenarios(cells), images, args)
+    variants = [parse_variant(v) for v in args.variant] or [("", list(args.server_arg))]
+    ours_rows: list[dict[str, Any]] = []
+    ours_info: dict[str, Any] = {}
+    base_rows: list[dict[str, Any]] = []
+    base_info: dict[str, Any] = {}
+    for position, (name, extra) in enumerate(variants):
+        tag = f" [{name}]" if name else ""
+        rows_v, info_v = run_ours(checkpoint, cells, images, args, extra=extra, tag=tag)
+        ours_rows += rows_v
+        ours_info[name or "siglip-serve"] = info_v | {"load_average_after": [round(x, 2) for x in os.getloadavg()]}
+        if position == 0 and not args.no_baseline:
+            base_rows, base_info = run_baseline(checkpoint, baseline_scenarios(cells), images, args)
+            base_info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     inproc: dict[str, Any] = {}
     if not args.no_inprocess:
         with stage("in process: pipeline and library"):
@@ -394,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     tidy(rows)
     ratio_rows = ratios(ours_rows, base_rows)
     report.add("servers", {"siglip-serve": ours_info, "baseline": base_info})
+    if args.variant:
+        report.section("Variants over the baseline (warm 10-label classify and embeddings, one run)",
+                       variant_table(ratio_rows))
     report.add("cells", rows)
     report.add("ratios", ratio_rows)
     report.add("in_process", inproc)
@@ -425,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{facts['passes_attention_mask']} (SigLIP was trained without one, notes §2).")
     report.note("Client and servers share this machine's cores; the client sends pre-encoded bodies to keep its "
                 "share small. One image per request; labels templated with 'This is a photo of {}.'")
-    report.note(f"Servers started one after the other; siglip-serve flags: {ours_info['command']}")
+    report.note("Servers started one after the other; siglip-serve flags: "
+                + "; ".join(f"{k}: {v['command']}" for k, v in ours_info.items()))
     skipped = plot(rows, args.out_dir / "http_e2e.png")
     if skipped:
         report.note(skipped)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,12 @@ import tiny_checkpoints
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Servers default to --backend auto (OpenVINO on the CPU), which converts each checkpoint once into a cache:
+# the session's own, inherited by every server subprocess, so that no test writes into the user's cache.
+if "SIGLIP_SERVE_OPENVINO_CACHE_DIR" not in os.environ:
+    _OPENVINO_CACHE = tempfile.mkdtemp(prefix="siglip-serve-tests-openvino-")
+    os.environ["SIGLIP_SERVE_OPENVINO_CACHE_DIR"] = _OPENVINO_CACHE
+    atexit.register(shutil.rmtree, _OPENVINO_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
         "(s3://, gs://, az://). Default: $XDG_DATA_HOME/siglip-serve, else ~/.local/share/siglip-serve."))
     max_collection_items: int = Field(256, ge=1, description="Most items in one collection ingest request.")
     max_top_k: int = Field(1000, ge=1, description="Largest top_k of a collection search.")
+    thumbnail_px: int = Field(128, ge=0, le=1024, description=(
+        "Longest side of the JPEG thumbnail stored with each image ingested into a collection (returned by "
+        "searches with with_thumbnails, shown by the playground). 0: store none."))
     ann_index_threshold: int = Field(20_000, ge=0, description=(
         "Items at which a collection gets an ANN index (IVF_HNSW_SQ, built in the background after an ingest); "
         "below it every search is exact. 0: never automatically (POST /v1/collections/NAME/index still builds one)."))
@@ -127,9 +130,12 @@ class Settings(BaseSettings):
         "API key names with their own label in the Prometheus per-key counters; further keys count as 'other'."))
 
     # --- the CPU runtime (models/runtime_choice.py, models/openvino_backend.py) ---
-    backend: Literal["torch", "openvino", "auto"] = Field("torch", description=(
+    backend: Literal["torch", "openvino", "auto"] = Field("auto", description=(
         "Runtime of the towers: torch; openvino (both towers converted to OpenVINO, CPU only, fixed-resolution "
-        "checkpoints; needs the cpu-fast extra); auto (openvino where it applies, torch elsewhere, e.g. NaFlex)."))
+        "checkpoints; needs the cpu-fast extra); auto (openvino where it applies: the CPU, OpenVINO installed, a "
+        "fixed-resolution checkpoint; torch elsewhere, e.g. GPUs and NaFlex). auto, the default, rests on "
+        "bench/results/openvino_cpu.md: OpenVINO float32 was faster than torch float32 in every condition measured "
+        "and equal to it within 1e-6. The first start converts the model (cached, see --openvino-cache-dir)."))
     quantize: Literal["none", "int8-weights", "int8"] = Field("none", description=(
         "OpenVINO only: int8-weights (NNCF weight compression, data-free) or int8 (weights and activations of the "
         "vision tower, calibrated on --calibration images). Each is checked against float32 at conversion; "

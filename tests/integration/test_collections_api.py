@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -15,9 +16,11 @@ from typing import Any
 
 import fakes
 import httpx
+import numpy as np
 import pytest
 from fakes import FakeBackend
 from live import HTTP_TIMEOUT_S, assert_close, assert_error, b64, embeddings_of, live_server, png
+from PIL import Image
 
 from siglip_serve.api.app import create_app
 from siglip_serve.config import Settings
@@ -228,6 +231,24 @@ def test_a_collection_survives_a_restart_and_scores_as_rerank(siglip1_dir: Path,
         for before, after in zip(first, again, strict=True):
             assert [row[0] for row in after] == [row[0] for row in before]
             assert_close([row[1:] for row in after], [row[1:] for row in before], tol=1e-6)
+        # Thumbnails were stored at ingest: a JPEG of each image (these are under 128 px: kept at their size,
+        # colours within JPEG's error of the source), none for texts, and only when asked for.
+        asked = client.post("/v1/collections/photos/search",
+                            json={"query": "a photo of a cat", "top_k": 6, "with_thumbnails": True}).json()["data"]
+        assert {row["id"] for row in asked} == set(ids)
+        for row in asked:
+            if row["id"] in texts:
+                assert row["thumbnail"] is None
+                continue
+            prefix = "data:image/jpeg;base64,"
+            assert row["thumbnail"].startswith(prefix)
+            thumb = Image.open(io.BytesIO(base64.b64decode(row["thumbnail"][len(prefix):])))
+            source = Image.open(io.BytesIO(base64.b64decode(images[row["id"]])))
+            assert thumb.format == "JPEG" and thumb.size == source.size
+            mean_error = np.abs(np.asarray(thumb, np.float32) - np.asarray(source.convert("RGB"), np.float32)).mean()
+            assert mean_error < 12, (row["id"], mean_error)
+        plain = client.post("/v1/collections/photos/search", json={"query": "a photo of a cat"}).json()["data"]
+        assert all(row["thumbnail"] is None for row in plain)
 
 
 def test_concurrent_ingest_and_search_lose_and_duplicate_nothing(siglip1_dir: Path, server_args: list[str],

@@ -299,3 +299,27 @@ def test_building_an_index_while_writing_loses_nothing(tmp_path: Path) -> None:
     found = stored_ids(tmp_path / "data", "big")
     assert len(found) == len(set(found)) == n + 600 == store.count("big")
     assert json.dumps(store.search("big", points[0], top_k=1, where={"again": True})[0].metadata) == '{"again": true}'
+
+
+def test_thumbnails_are_stored_and_returned_only_when_asked(store: LanceCollectionStore) -> None:
+    make(store)
+    store.upsert("photos", [NewItem("img", unit(0), {}, thumbnail=b"\xff\xd8jpeg"), NewItem("txt", unit(1), {})])
+    asked = {hit.id: hit.thumbnail for hit in store.search("photos", unit(0), top_k=2, thumbnails=True)}
+    assert asked == {"img": b"\xff\xd8jpeg", "txt": None}
+    assert [hit.thumbnail for hit in store.search("photos", unit(0), top_k=2)] == [None, None]
+
+
+def test_a_collection_made_before_thumbnails_still_takes_items_and_searches(tmp_path: Path) -> None:
+    """Format-1 tables (no thumbnail column) keep working; their hits have no thumbnail."""
+    import lancedb
+
+    info = {"format": "siglip-serve-collection", "format_version": 1, "model": "fake", "spec": None,
+            "embed_dim": DIM, "embedding_dtype": "float32", "normalization": "l2"}
+    schema = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("embedding", pa.list_(pa.float32(), DIM)),
+                        pa.field("metadata", pa.string()), pa.field("tags", pa.list_(pa.string()))],
+                       metadata={"siglip_serve": json.dumps(info).encode()})
+    lancedb.connect(str(tmp_path / "data")).create_table("old", schema=schema)
+    store = LanceCollectionStore(str(tmp_path / "data"), ann_index_threshold=0)
+    assert store.upsert("old", [NewItem("a", unit(2), {"k": 1}, thumbnail=b"ignored")]) == [None]
+    hits = store.search("old", unit(2), top_k=1, thumbnails=True)
+    assert [(h.id, h.metadata, h.thumbnail) for h in hits] == [("a", {"k": 1}, None)]

@@ -6,6 +6,7 @@ check and fallback. The choice is tested without OpenVINO; the rest skips cleanl
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
 import shutil
@@ -36,10 +37,11 @@ TEXTS = ["a photo of a cat", "two dogs", "a red car on the street at night"]
 # --- the choice (no OpenVINO needed) --------------------------------------------------------------
 
 
-def test_torch_is_the_default_and_quantize_needs_openvino() -> None:
-    assert Settings().backend == "torch" and Settings().quantize == "none"
+def test_auto_is_the_servers_default_torch_the_librarys_and_quantize_needs_openvino() -> None:
+    assert Settings().backend == "auto" and Settings().quantize == "none"
+    assert inspect.signature(siglip_serve.load).parameters["backend"].default == "torch"
     choice = choose_backend("torch", quantize="none", device=CPU, missing=None, naflex=False)
-    assert (choice.backend, choice.reason) == ("torch", "--backend torch (the default)")
+    assert (choice.backend, choice.reason) == ("torch", "--backend torch")
     with pytest.raises(InvalidParameterError, match="--quantize int8 needs --backend openvino"):
         choose_backend("torch", quantize="int8", device=CPU, missing=None, naflex=False)
 
@@ -48,7 +50,8 @@ def test_torch_is_the_default_and_quantize_needs_openvino() -> None:
 def test_openvino_where_it_applies(quantize: str) -> None:
     for backend in ("openvino", "auto"):
         choice = choose_backend(backend, quantize=quantize, device=CPU, missing=None, naflex=False)
-        assert (choice.backend, choice.quantize, choice.reason) == ("openvino", quantize, f"--backend {backend}")
+        assert (choice.backend, choice.quantize) == ("openvino", quantize)
+        assert choice.reason.startswith(f"--backend {backend}")
 
 
 @pytest.mark.parametrize(("device", "missing", "naflex", "error", "why"), [
@@ -130,7 +133,8 @@ def test_openvino_fp32_matches_torch_fp32(checkpoint_dir: Path, shared_cache: Pa
              (model.embed_texts(TEXTS, normalize=False), reference.embed_texts(TEXTS, normalize=False)))
     for got, expected in pairs:
         assert got.dtype == torch.float32 and got.shape == expected.shape
-        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+        # The project's float32 bar; measured max |Δ| 2.4e-7 (embeddings) and 5.7e-7 (probabilities).
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert model.temperature == reference.temperature
     assert model.info == reference.info  # same facts, same device: it shares the CPU model thread
 
@@ -139,7 +143,12 @@ def test_openvino_fp32_matches_torch_fp32(checkpoint_dir: Path, shared_cache: Pa
 def test_the_engine_serves_an_openvino_model(siglip1_dir: Path, shared_cache: Path) -> None:
     model = openvino_model(siglip1_dir, shared_cache)
     reference = siglip_serve.load(str(siglip1_dir), device="cpu", dtype="float32")
-    assert not serves_features(model)  # patch features stay a torch feature
+    # Patch features come from the float32 torch towers the conversion started from: the same numbers.
+    assert serves_features(model) and model.patch_layout == reference.patch_layout
+    images = list(sample_images().values())
+    for got, want in zip(model.encode_patches(images, layer=-2),
+                         reference.encode_patches(images, layer=-2), strict=True):
+        assert torch.equal(torch.as_tensor(got.features), torch.as_tensor(want.features))
     engine = Engine({"ov": model})
     inputs = [Input("input[0]", image=encode(sample_images()["large"], "PNG"))]
 
@@ -151,7 +160,7 @@ def test_the_engine_serves_an_openvino_model(siglip1_dir: Path, shared_cache: Pa
     expected = reference.classify([sample_images()["large"]], TEXTS, templates="{}")
     assert [label for label, _ in results[0]] == [label for label, _ in expected[0]]
     for (_, got), (_, want) in zip(results[0], expected[0], strict=True):
-        assert got == pytest.approx(want, abs=1e-4)
+        assert got == pytest.approx(want, abs=1e-5)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ other request (admission, batching, the deadline), and only then are items writt
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,10 @@ def siglip_score(cosine: float, temperature: Temperature) -> float:
     return exp / (1.0 + exp)
 
 
+def data_uri(jpeg: bytes | None) -> str | None:
+    return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
 def error_detail(error: SiglipServeError) -> p.ErrorDetail:
     _, type_ = status_of(error)
     return p.ErrorDetail(message=error.message, type=type_, param=error.param, code=type(error).__name__)
@@ -131,11 +136,14 @@ async def upsert_items(name: str, body: p.ItemsRequest, request: Request) -> p.I
                                         param=f"items[{i}].id")
     admit(request, served.name, images=sum(item.image is not None for item in inputs))
     deadline = deadline_of(request)
-    embeds, used = await run_request(request, engine.embed_items(served, inputs, deadline=deadline),
-                                     deadline=deadline)
+    embedded = await run_request(request, engine.embed_items(served, inputs, deadline=deadline,
+                                                             thumbnail_side=settings.thumbnail_px or None),
+                                 deadline=deadline)
+    embeds, used = embedded.results, embedded.usage
     errors: list[SiglipServeError | None] = [e if isinstance(e, SiglipServeError) else None for e in embeds]
     ready = [i for i, error in enumerate(errors) if error is None]
-    new = [NewItem(id=ids[i], embedding=embeds[i], metadata=body.items[i].metadata) for i in ready]
+    new = [NewItem(id=ids[i], embedding=embeds[i], metadata=body.items[i].metadata,
+                   thumbnail=embedded.thumbnails[i]) for i in ready]
     # Not cancellable: once embedded, the write is one atomic commit whether or not the client still waits.
     stored = await asyncio.to_thread(store.upsert, name, new) if new else []
     for i, error in zip(ready, stored, strict=True):
@@ -165,8 +173,10 @@ async def search(name: str, body: p.SearchRequest, request: Request) -> p.Search
     admit(request, served.name, images=int(query.image is not None))
     deadline = deadline_of(request)
     embeds, used = await run_request(request, engine.embed(served, [query], deadline=deadline), deadline=deadline)
-    hits: list[Any] = await asyncio.to_thread(store.search, name, embeds[0], top_k=body.top_k, where=body.filter)
+    hits: list[Any] = await asyncio.to_thread(store.search, name, embeds[0], top_k=body.top_k, where=body.filter,
+                                              thumbnails=body.with_thumbnails)
     temperature = served.backend.temperature
     data = [p.SearchResult(id=hit.id, score=siglip_score(hit.cosine, temperature), cosine=hit.cosine,
-                           metadata=hit.metadata) for hit in hits]
+                           metadata=hit.metadata, thumbnail=data_uri(hit.thumbnail) if body.with_thumbnails else None)
+            for hit in hits]
     return p.SearchResponse(model=served.name, data=data, usage=usage(used, request, served.name))

@@ -39,6 +39,7 @@ from siglip_serve.metrics import Metrics
 from siglip_serve.preprocess.fetch import FetchPolicy, make_client, read_image_reference
 from siglip_serve.preprocess.pixel_budget import PixelBudget
 from siglip_serve.preprocess.text import check_text
+from siglip_serve.preprocess.thumbnails import make_thumbnail
 from siglip_serve.scoring import (
     Normalization,
     check_classify_options,
@@ -96,6 +97,22 @@ class Encoded:
     texts: torch.Tensor  # [T, D]
     images: torch.Tensor  # [I, D]
     usage: Usage
+
+
+@dataclass(frozen=True)
+class ItemEmbeddings:
+    """`Engine.embed_items`' answer: per input its embedding or error, the usage, and per input the
+    image's JPEG thumbnail when asked (None for texts, failures, and when not asked)."""
+
+    results: list[np.ndarray | SiglipServeError]
+    usage: Usage
+    thumbnails: list[bytes | None]
+
+
+@dataclass(frozen=True)
+class PreparedItem:
+    prepared: Any
+    thumbnail: bytes | None
 
 
 @dataclass(frozen=True)
@@ -279,19 +296,29 @@ class Engine:
         return torch.stack(await self._submit_chunked(served.images, prepared, deadline=deadline))
 
     async def _prepare(self, served: ServedModel, item: Input) -> Any:
+        return await self._decode(served, item, await self._fetch(item))
+
+    async def _fetch(self, item: Input) -> Any:
+        """The image's bytes: a URL or path reference is fetched (the fetch policy's guards), bytes pass."""
         assert item.image is not None
-        try:
-            data = item.image
-            if isinstance(data, str):
-                started = time.perf_counter()
-                data = await read_image_reference(data, policy=self.config.fetch, client=self._client)
-                self.metrics.stage_seconds.labels("fetch").observe(time.perf_counter() - started)
+        data = item.image
+        if isinstance(data, str):
             started = time.perf_counter()
+            try:
+                data = await read_image_reference(data, policy=self.config.fetch, client=self._client)
+            except SiglipServeError as exc:
+                raise exc.at(item.param) from None
+            self.metrics.stage_seconds.labels("fetch").observe(time.perf_counter() - started)
+        return data
+
+    async def _decode(self, served: ServedModel, item: Input, data: Any) -> Any:
+        started = time.perf_counter()
+        try:
             prepared = await self._in_pool(lambda: served.backend.prepare_image(data, budget=self.pixels))
-            self.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - started)
-            return prepared
         except SiglipServeError as exc:
             raise exc.at(item.param) from None
+        self.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - started)
+        return prepared
 
     def _in_pool(self, function: Any, *args: Any) -> Awaitable[Any]:
         assert self._pool is not None
@@ -330,16 +357,18 @@ class Engine:
         out[image_rows] = encoded.images
         return (l2_normalize(out) if normalize else out).numpy(), encoded.usage
 
-    async def embed_items(self, served: ServedModel, inputs: Sequence[Input], *, deadline: float | None
-                          ) -> tuple[list[np.ndarray | SiglipServeError], Usage]:
+    async def embed_items(self, served: ServedModel, inputs: Sequence[Input], *, deadline: float | None,
+                          thumbnail_side: int | None = None) -> ItemEmbeddings:
         """Per input (text or image), its L2-normalized [D] float32 embedding, or the domain error that
-        stopped that input alone: an image that cannot be fetched or decoded, an invalid text.
+        stopped that input alone: an image that cannot be fetched or decoded, an invalid text; with
+        `thumbnail_side`, also each embedded image's JPEG thumbnail (preprocess.thumbnails).
 
         For collection ingest, where one bad image must not fail its batch (`embed` fails the request).
         Admitted as a whole like `encode`; the good items reach the batchers like any other request's.
         """
         self._check_serving()
         results: list[np.ndarray | SiglipServeError | None] = [None] * len(inputs)
+        thumbnails: list[bytes | None] = [None] * len(inputs)
         text_rows: list[int] = []
         for i, item in enumerate(inputs):
             if item.text is not None:
@@ -356,28 +385,39 @@ class Engine:
         with served.admission.reserve(len(image_rows) + len(missing)):
             computed, prepared = await _gather_first_error([
                 self._encode_texts(served, missing, deadline=deadline),
-                _gather_first_error(self._prepare_or_error(served, inputs[i]) for i in image_rows),
+                _gather_first_error(self._prepare_or_error(served, inputs[i], thumbnail_side) for i in image_rows),
             ])
             good = [(i, p) for i, p in zip(image_rows, prepared, strict=True) if not isinstance(p, SiglipServeError)]
-            embeds = await self._submit_chunked(served.images, [p for _, p in good], deadline=deadline)
+            embeds = await self._submit_chunked(served.images, [p.prepared for _, p in good], deadline=deadline)
         found.update(computed)
         for i, error in zip(image_rows, prepared, strict=True):
             if isinstance(error, SiglipServeError):
                 results[i] = error
-        for (i, _), embedding in zip(good, embeds, strict=True):
+        for (i, item), embedding in zip(good, embeds, strict=True):
             results[i] = l2_normalize(embedding).numpy()
+            thumbnails[i] = item.thumbnail
         entries = [found[inputs[i].text] for i in text_rows]
         for i, entry in zip(text_rows, entries, strict=True):
             results[i] = l2_normalize(entry.embedding).numpy()
         usage = Usage(text_tokens=sum(entry.num_tokens for entry in entries), images=len(good),
                       image_tokens=len(good) * served.info.tokens_per_image)
-        return results, usage  # type: ignore[return-value]  # every slot is filled above
+        return ItemEmbeddings(results, usage, thumbnails)  # type: ignore[arg-type]  # every slot is filled above
 
-    async def _prepare_or_error(self, served: ServedModel, item: Input) -> Any:
+    async def _prepare_or_error(self, served: ServedModel, item: Input,
+                                thumbnail_side: int | None) -> PreparedItem | SiglipServeError:
         try:
-            return await self._prepare(served, item)
+            data = await self._fetch(item)
+            prepared = await self._decode(served, item, data)
         except SiglipServeError as exc:
             return exc
+        thumbnail = None
+        if thumbnail_side is not None:
+            try:  # the image decoded once already: a failure here costs the thumbnail, not the item
+                thumbnail = await self._in_pool(lambda: make_thumbnail(
+                    data, side=thumbnail_side, max_pixels=self.config.max_decode_pixels, budget=self.pixels))
+            except SiglipServeError:
+                thumbnail = None
+        return PreparedItem(prepared, thumbnail)
 
     async def patch_features(self, served: ServedModel, images: Sequence[Input], *, layer: int,
                              deadline: float | None) -> tuple[list[PatchFeatures], Usage]:

@@ -80,10 +80,16 @@ class _CompiledTower:
 
 
 class OpenVinoTowers:
-    """What `siglip_serve.Model` uses of `SiglipTowers`, run by OpenVINO: tensors in, float32 CPU embeddings out."""
+    """What `siglip_serve.Model` uses of `SiglipTowers`, run by OpenVINO: tensors in, float32 CPU embeddings out.
+
+    Dense patch features (POST /v1/vision/features) are not converted: the graphs end at the pooled
+    embedding. They come from `features`, the float32 torch towers the conversion started from, kept for
+    that (they cost the checkpoint's float32 weights in memory), so that a server on OpenVINO (the CPU
+    default) serves every route a torch one does, with the same numbers for features."""
 
     def __init__(self, compiled: dict[str, ov.CompiledModel], *, temperature: Temperature, tokens_per_image: int,
-                 dtype: torch.dtype, description: str, quantization: dict[str, Any] | None = None) -> None:
+                 dtype: torch.dtype, description: str, quantization: dict[str, Any] | None = None,
+                 features: Any = None) -> None:
         self.temperature = temperature
         self.tokens_per_image = tokens_per_image
         self.device = torch.device("cpu")  # ModelInfo.device: CPU models share one model thread
@@ -92,6 +98,15 @@ class OpenVinoTowers:
         self.quantization = quantization or {}  # what was applied per tower and its measured cosine (meta.json)
         self._vision = _CompiledTower(compiled["vision"])
         self._text = _CompiledTower(compiled["text"])
+        self._features = features if hasattr(features, "encode_patch_features") else None
+
+    def __getattr__(self, name: str) -> Any:
+        # Only the dense-feature members are forwarded, and only when the torch towers have them, so that
+        # `hasattr(towers, "encode_patch_features")` stays the test of whether features are served.
+        features = self.__dict__.get("_features")
+        if name in ("patch_layout", "encode_patch_features") and features is not None:
+            return getattr(features, name)
+        raise AttributeError(name)
 
     def encode_prepared(self, prepared: Sequence[Any]) -> torch.Tensor:
         return self._vision(np.stack(prepared))
@@ -147,7 +162,8 @@ def openvino_checkpoint(checkpoint: Checkpoint, *, dtype: str, quantize: str, op
     compiled = {tower: core.compile_model(str(entry.model_path(tower)), "CPU", config) for tower in TOWERS}
     towers = OpenVinoTowers(compiled, temperature=checkpoint.towers.temperature,
                             tokens_per_image=checkpoint.towers.tokens_per_image, dtype=precision_dtype,
-                            description=describe(entry, precision=precision, config=config), quantization=entry.meta)
+                            description=describe(entry, precision=precision, config=config), quantization=entry.meta,
+                            features=checkpoint.towers)
     return replace(checkpoint, towers=towers)  # type: ignore[arg-type]  # duck-typed SiglipTowers, see the class
 
 

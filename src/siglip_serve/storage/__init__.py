@@ -23,11 +23,13 @@ Scalar = str | int | float | bool | None  # a metadata value a filter can compar
 
 @dataclass(frozen=True)
 class NewItem:
-    """An item to store: its id, its L2-normalized [D] float32 embedding, and its metadata (a JSON object)."""
+    """An item to store: its id, its L2-normalized [D] float32 embedding, its metadata (a JSON object),
+    and for an image its small JPEG thumbnail (preprocess.thumbnails), shown by the playground's search."""
 
     id: str
     embedding: np.ndarray
     metadata: Mapping[str, Any]
+    thumbnail: bytes | None = None
 
 
 __all__ = ["NewItem", "Scalar"]

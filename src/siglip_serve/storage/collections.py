@@ -44,6 +44,7 @@ from siglip_serve.storage.index import IndexParams, index_config
 from siglip_serve.storage.layout import (
     COLLECTION_FORMAT,
     COLLECTION_FORMAT_VERSION,
+    THUMBNAIL,
     VECTOR,
     ApiLayout,
     Layout,
@@ -77,6 +78,7 @@ class Hit:
     id: str
     cosine: float
     metadata: dict[str, Any]
+    thumbnail: bytes | None = None  # only when the search asked for thumbnails
 
 
 class CollectionStore(Protocol):
@@ -90,8 +92,9 @@ class CollectionStore(Protocol):
     def delete_items(self, name: str, ids: Sequence[str]) -> int:
         """Delete items by id; how many there were."""
     def search(self, name: str, vector: np.ndarray, *, top_k: int,
-               where: Mapping[str, Scalar] | None = None) -> list[Hit]:
-        """The `top_k` items nearest `vector` (cosine) among those whose metadata has every entry of `where`."""
+               where: Mapping[str, Scalar] | None = None, thumbnails: bool = False) -> list[Hit]:
+        """The `top_k` items nearest `vector` (cosine) among those whose metadata has every entry of `where`;
+        with `thumbnails`, each hit carries its stored thumbnail (None where there is none)."""
     def count(self, name: str) -> int: ...
     def build_index(self, name: str) -> CollectionInfo: ...
 
@@ -205,15 +208,16 @@ class LanceCollectionStore:
         return deleted
 
     def search(self, name: str, vector: np.ndarray, *, top_k: int,
-               where: Mapping[str, Scalar] | None = None) -> list[Hit]:
+               where: Mapping[str, Scalar] | None = None, thumbnails: bool = False) -> list[Hit]:
         table, layout = self._open(name)
         query_vector = np.asarray(vector, dtype=np.float32).reshape(-1)
         if query_vector.shape != (layout.dim,):
             raise ModelMismatchError(f"collection {name!r} holds {layout.dim}-dimensional embeddings, "
                                      f"not {query_vector.shape[0]}", param="query")
         predicate = layout.where(where)
+        columns = [*layout.columns(), *([THUMBNAIL] if thumbnails and layout.has_thumbnails else [])]
         query = (table.search(query_vector, vector_column_name=VECTOR).distance_type("cosine")
-                 .select([*layout.columns(), VECTOR, "_distance"]).limit(top_k)
+                 .select([*columns, VECTOR, "_distance"]).limit(top_k)
                  # Ignored by a flat scan; with an index: partitions probed, the graph walk's breadth, and
                  # candidates re-ranked by their exact distance (storage.index).
                  .nprobes(self.index.nprobes).ef(self.index.ef).refine_factor(self.index.refine_factor))
@@ -225,8 +229,8 @@ class LanceCollectionStore:
         vectors = vectors.astype(np.float32).reshape(result.num_rows, layout.dim)
         norms = np.linalg.norm(vectors, axis=1) * max(float(np.linalg.norm(query_vector)), 1e-12)
         cosines = (vectors @ query_vector) / np.maximum(norms, 1e-12)
-        rows = result.select(layout.columns()).to_pylist()
-        hits = [Hit(id=row["id"], cosine=float(cosine), metadata=layout.metadata_of(row))
+        rows = result.select(columns).to_pylist()
+        hits = [Hit(id=row["id"], cosine=float(cosine), metadata=layout.metadata_of(row), thumbnail=row.get(THUMBNAIL))
                 for row, cosine in zip(rows, cosines, strict=True)]
         return sorted(hits, key=lambda hit: (-hit.cosine, hit.id))
 

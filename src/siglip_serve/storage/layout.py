@@ -1,6 +1,7 @@
 """How a collection's items look in its Lance table. A collection has one of two layouts:
 
 - `ApiLayout`, collections made through the API (``POST /v1/collections``): ``id``, ``embedding``,
+  ``thumbnail`` (a small JPEG of an image item, null for texts; absent from format-1 tables, made before it),
   ``metadata`` (the item's JSON object as text) and ``tags``, its top-level scalar entries as canonical
   ``["key", value]`` JSON strings, so that a metadata equality filter is ``array_has_all(tags, [...])``
   (LanceDB's SQL filters, https://lancedb.github.io/lancedb/sql/; a LABEL_LIST scalar index serves it).
@@ -30,8 +31,9 @@ from siglip_serve.jobs.writer import INFO_KEY, read_info
 from siglip_serve.storage import NewItem, Scalar
 
 COLLECTION_FORMAT = "siglip-serve-collection"
-COLLECTION_FORMAT_VERSION = 1
+COLLECTION_FORMAT_VERSION = 2  # 2: a thumbnail column
 VECTOR = "embedding"
+THUMBNAIL = "thumbnail"
 
 
 def sql_literal(value: Scalar, *, param: str) -> str:
@@ -66,6 +68,10 @@ class Layout:
         vector_type = schema.field(VECTOR).type
         self.dim: int = vector_type.list_size
         self.value_type: pa.DataType = vector_type.value_type
+        self.has_thumbnails = THUMBNAIL in schema.names
+
+    def thumbnails(self, items: Sequence[NewItem]) -> pa.Array:
+        return pa.array([item.thumbnail for item in items], pa.binary())
 
     def vectors(self, items: Sequence[NewItem]) -> pa.Array:
         if not items:
@@ -107,7 +113,8 @@ class ApiLayout(Layout):
     @staticmethod
     def schema(embed_dim: int, info: dict[str, Any]) -> pa.Schema:
         fields = [pa.field("id", pa.string(), nullable=False), pa.field(VECTOR, pa.list_(pa.float32(), embed_dim)),
-                  pa.field("metadata", pa.string()), pa.field("tags", pa.list_(pa.string()))]
+                  pa.field("metadata", pa.string()), pa.field("tags", pa.list_(pa.string())),
+                  pa.field(THUMBNAIL, pa.binary())]
         return pa.schema(fields, metadata={INFO_KEY: json.dumps(info).encode()})
 
     def columns(self) -> list[str]:
@@ -131,6 +138,8 @@ class ApiLayout(Layout):
         columns = {"id": pa.array([item.id for item in kept], pa.string()), VECTOR: self.vectors(kept),
                    "metadata": pa.array([t for t in texts if t is not None], pa.string()),
                    "tags": pa.array(tags, pa.list_(pa.string()))}
+        if self.has_thumbnails:
+            columns[THUMBNAIL] = self.thumbnails(kept)
         return pa.Table.from_pydict(columns, schema=self.schema), errors
 
     def where(self, equal: Mapping[str, Scalar] | None) -> str | None:
@@ -147,7 +156,7 @@ class ApiLayout(Layout):
 class EmbedJobLayout(Layout):
     origin = "embed"
     items_filter = "error IS NULL"
-    _NOT_METADATA = ("id", VECTOR, "text_embedding", "error")
+    _NOT_METADATA = ("id", VECTOR, "text_embedding", "error", THUMBNAIL)
 
     def __init__(self, schema: pa.Schema, info: dict[str, Any]) -> None:
         super().__init__(schema, info)
@@ -189,6 +198,8 @@ class EmbedJobLayout(Layout):
                 columns.append(self.vectors(kept))
             elif field.name in names:
                 columns.append(meta.column(field.name))
+            elif field.name == THUMBNAIL:
+                columns.append(self.thumbnails(kept).cast(field.type))
             else:  # text_embedding, error
                 columns.append(pa.nulls(len(kept), field.type))
         return pa.Table.from_arrays(columns, schema=self.schema), errors
