@@ -195,6 +195,18 @@ def test_an_image_url_is_fetched_by_the_server_never_by_the_page(
     assert_chart_is(shown, [(row["label"], row["score"]) for row in response.json()["data"][0]["predictions"]])
 
 
+def test_nothing_is_sent_before_an_image_is_chosen(guarded: tuple[Page, Requests], demo_server: LiveServer) -> None:
+    page, requests = guarded
+    open_page(page, demo_server.url)
+    wait_for_models(page)
+    page.locator("#classify-submit").click()
+    expect(page.locator("#classify-error .message")).to_have_text(re.compile("image"))
+    page.locator("#tab-compare").click()
+    page.locator("#compare-submit").click()
+    expect(page.locator("#compare-error .message")).to_have_text(re.compile("image"))
+    assert not {"/v1/classify", "/v1/rerank"} & set(requests.local), requests.local
+
+
 def test_labels_are_editable_chips(page: Page, demo_server: LiveServer) -> None:
     open_page(page, demo_server.url)
     set_chips(page, "classify-labels", "classify-label-input", ["a red circle", "a blue square"])

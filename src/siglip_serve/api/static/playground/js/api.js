@@ -74,6 +74,9 @@ export function showError(element, error) {
   element.hidden = false;
 }
 
+// What the page itself has to say before any request (nothing chosen yet), in the same place.
+export class Hint extends Error {}
+
 export function clearError(element) {
   element.hidden = true;
   element.replaceChildren();
@@ -93,6 +96,10 @@ export async function withBusy(button, errorElement, work) {
   try {
     return await work();
   } catch (error) {
+    if (error instanceof Hint) {
+      showError(errorElement, { message: error.message, type: "nothing to send yet" });
+      return undefined;
+    }
     if (!(error instanceof ApiError)) throw error;
     showError(errorElement, error);
     return undefined;

@@ -1,6 +1,6 @@
 // Classify: one image (file, drop, paste or URL), labels, optional templates → POST /v1/classify.
 
-import { api, formatScore, withBusy } from "./api.js";
+import { Hint, api, formatScore, withBusy } from "./api.js";
 import { createChips } from "./chips.js";
 import { readImages, wireDropzone } from "./images.js";
 
@@ -40,6 +40,7 @@ export function setupClassify({ model }) {
     event.preventDefault();
     withBusy($("classify-submit"), error, async () => {
       const input = image ? image.dataUrl : url.value.trim();
+      if (!input) throw new Hint("Choose, drop or paste an image, or give its URL, first.");
       const templates = $("classify-templates").value.split("\n").map((line) => line.trim()).filter(Boolean);
       const body = {
         input: [input],
@@ -48,7 +49,7 @@ export function setupClassify({ model }) {
       };
       if (model()) body.model = model();
       if (templates.length) body.hypothesis_template = templates.length === 1 ? templates[0] : templates;
-      // Sent even when empty: the API's own message says what is missing.
+      // Labels are sent even when there are none: the API's own message says so.
       const response = await api("POST", "v1/classify", body);
       showChart(response.data[0].predictions);
     });

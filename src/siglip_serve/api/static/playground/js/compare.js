@@ -3,7 +3,7 @@
 // is exactly the pair's sigmoid(t·cos + b). /v1/classify with the template "{}" gives the same number
 // only up to ~1e-6, because it re-normalizes the (single-template) ensemble.
 
-import { api, formatScore, withBusy } from "./api.js";
+import { Hint, api, formatScore, withBusy } from "./api.js";
 import { createChips } from "./chips.js";
 import { readImages, wireDropzone } from "./images.js";
 
@@ -47,7 +47,8 @@ export function setupCompare({ model }) {
     withBusy($("compare-submit"), $("compare-error"), async () => {
       const documents = texts.values();
       const shown = [...images];
-      const rows = await Promise.all((shown.length ? shown : [{ dataUrl: "" }]).map(async (image) => {
+      if (!shown.length) throw new Hint("Choose, drop or paste at least one image first.");
+      const rows = await Promise.all(shown.map(async (image) => {
         const body = { query: { image: image.dataUrl }, documents };
         if (model()) body.model = model();
         const { results } = await api("POST", "v1/rerank", body);

@@ -1,7 +1,7 @@
 // Search: pick or create a collection, add images by dropping them (POST .../items), and query it by
 // text or image (POST .../search with thumbnails: each result's ≤128 px JPEG stored at ingest).
 
-import { api, formatScore, showError, withBusy, clearError } from "./api.js";
+import { Hint, api, clearError, formatScore, showError, withBusy } from "./api.js";
 import { readImages, wireDropzone } from "./images.js";
 
 export function setupSearch({ model }) {
@@ -66,6 +66,10 @@ export function setupSearch({ model }) {
     if (!images.length) return;
     clearError(error);
     const collection = select.value;
+    if (!collection) {
+      showError(error, { message: "Create a collection first (New collection), then add images to it.", type: "nothing to send yet" });
+      return;
+    }
     ingestStatus.textContent = `Adding ${images.length} image(s) to ${collection}…`;
     try {
       const ids = itemIds(images);
@@ -108,6 +112,8 @@ export function setupSearch({ model }) {
     event.preventDefault();
     withBusy($("search-submit"), error, async () => {
       const byImage = form.elements["query-kind"].value === "image";
+      if (!select.value) throw new Hint("Create a collection and add images to it first.");
+      if (byImage && !queryImage) throw new Hint("Choose, drop or paste a query image first.");
       const query = byImage ? { image: queryImage?.dataUrl ?? "" } : { text: $("query-text").value };
       const body = { query, top_k: Number($("top-k").value) || 12, with_thumbnails: true };
       const response = await api("POST", `v1/collections/${encodeURIComponent(select.value)}/search`, body);
