@@ -136,6 +136,30 @@ def test_ingest_images_and_texts_then_search_by_text_and_by_image(tmp_path: Path
     run_app(tmp_path / "data", test)
 
 
+def test_items_can_be_uploaded_as_a_multipart_form(tmp_path: Path) -> None:
+    """curl -F image=@a.jpg -F text=... -F id=... -F metadata='{...}': one item per image or text part, in order."""
+    async def test(client: httpx.AsyncClient, backend: FakeBackend, store: LanceCollectionStore) -> None:
+        await client.post("/v1/collections", json={"name": "up", "model": "fake"})
+        files = [("image", ("one.png", b"img:1", "image/png")), ("text", (None, "a photo of c2")),
+                 ("image", ("bad.png", b"not an image", "image/png")),
+                 ("id", (None, "f1")), ("id", (None, "t2")), ("id", (None, "bad")),
+                 ("metadata", (None, '{"kind": "file"}')), ("metadata", (None, '{"kind": "text"}')),
+                 ("metadata", (None, "{}"))]
+        response = await client.post("/v1/collections/up/items", files=files)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert [(row["id"], row["status"]) for row in body["data"]] == [("f1", "upserted"), ("t2", "upserted"),
+                                                                        ("bad", "failed")]
+        assert body["data"][2]["error"]["param"] == "image[1]"  # the second image part
+        hits = await client.post("/v1/collections/up/search", json={"query": "c1", "top_k": 5})
+        assert [(row[0], round(row[2], 6)) for row in results(hits)] == [("f1", 1.0), ("t2", 0.0)]
+        assert hits.json()["data"][0]["metadata"] == {"kind": "file"}
+        uneven = await client.post("/v1/collections/up/items", files=files[:2] + [("id", (None, "only-one"))])
+        assert assert_error(uneven, 400, param="id")["code"] == "InvalidFormError"
+
+    run_app(tmp_path / "data", test)
+
+
 def test_bad_requests_are_refused_before_any_work(tmp_path: Path) -> None:
     async def test(client: httpx.AsyncClient, backend: FakeBackend, store: LanceCollectionStore) -> None:
         await client.post("/v1/collections", json={"name": "c", "model": "fake"})

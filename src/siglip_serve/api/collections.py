@@ -21,6 +21,7 @@ from siglip_serve.api.errors import status_of
 from siglip_serve.api.limits import check_count, check_inputs
 from siglip_serve.api.routes import deadline_of, engine_of, run_request, settings_of, usage
 from siglip_serve.api.security import admit
+from siglip_serve.api.uploads import FormRoute
 from siglip_serve.errors import (
     EngineUnavailableError,
     InvalidParameterError,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from siglip_serve.engine.engine import Engine, ServedModel
     from siglip_serve.storage.collections import CollectionInfo, CollectionStore
 
-router = APIRouter(prefix="/v1/collections")
+router = APIRouter(prefix="/v1/collections", route_class=FormRoute)  # ingest also takes multipart forms
 
 
 def store_of(request: Request) -> CollectionStore:
