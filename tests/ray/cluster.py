@@ -65,6 +65,7 @@ class RayNode:
         self._log = open(log_path, "wb")  # noqa: SIM115  closed in stop()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "SIGLIP_SERVE_"))}
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env["RAY_AUTH_MODE"] = "disabled"  # loopback only; see conftest.py
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
 

@@ -4,11 +4,18 @@ bounded polling waits."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 
 import pytest
 from cluster import RayNode, short_temp_dir
+
+# Ray 2.60 turns token authentication on when ~/.ray/auth_token exists (and writes that file when a new local
+# cluster starts), so whether a test cluster wants a token would depend on what else ran on the machine; a
+# node started before the file appeared then refuses one started after. These clusters listen on loopback
+# only: authentication is off, explicitly, for them, this process and the commands it starts.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 @pytest.fixture(scope="module")

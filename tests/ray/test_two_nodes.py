@@ -63,7 +63,13 @@ def test_embed_actors_spread_over_both_nodes(two_nodes: str, siglip1_dir: Path, 
     summary = run_ray_embed(options, RayOptions(address=two_nodes, actors=2, cpus_per_actor=1.5, decode_cpus=0.5))
     assert (summary.embedded, summary.failed) == (16, 0)
     alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
-    assert summary.nodes == alive, f"rows came from actors on {summary.nodes}, nodes are {alive}"
+    assert summary.nodes and summary.nodes <= alive
+    # Where the pool's actors ran (the GCS actor table keeps finished actors; the state API would need the
+    # dashboard, which these clusters leave off). Which actor got which batch is Ray Data's choice.
+    from ray._private.state import actors
+
+    placed = [info["Address"]["NodeID"] for info in actors().values() if "EmbedActor" in info["ActorClassName"]]
+    assert len(placed) == 2 and set(placed) == alive, f"actors on {placed}, nodes are {alive}"
 
 
 def test_serve_replicas_spread_over_both_nodes(two_nodes: str, siglip1_dir: Path, tmp_path: Path) -> None:
