@@ -34,10 +34,8 @@ from siglip_serve.jobs.decode import Decoder, Outcome
 from siglip_serve.jobs.embed import EmbedOptions, EmbedSummary, job_info, job_inputs, open_job
 from siglip_serve.jobs.pipeline import MAX_FAILURES_KEPT, Counts, Pipeline, Rows
 from siglip_serve.jobs.sources import Item
-from siglip_serve.preprocess.fetch import FetchPolicy
-from siglip_serve.preprocess.images import prepare_image
+from siglip_serve.scaling.data_decode import ITEM_FIELDS, ImagePreparer, decode_batch
 
-_ITEM_FIELDS = ("id", "reference", "is_url", "must_be_image", "text", "metadata_row")
 _INTERNAL = ("_metadata_row", "_skipped", "_node")
 # The largest image allowed (64 MP as RGBA, 256 MB; --max-image-pixels' default) decoding, plus a batch of
 # prepared inputs (32 x 1.7 MB at 384 px in float32).
@@ -58,19 +56,6 @@ class RaySummary(EmbedSummary):
     nodes: set[str] = field(default_factory=set)  # the nodes whose actors embedded rows
 
 
-@dataclass(frozen=True)
-class ImagePreparer:
-    """`Model.prepare_image` without the model: the checkpoint's transform and the same limits, so that
-    decode tasks need no weights (`Decoder` only calls `prepare_image`)."""
-
-    transform: Any
-    max_pixels: int
-    draft_size: int | None
-
-    def prepare_image(self, source: Any) -> Any:
-        return prepare_image(source, self.transform, max_pixels=self.max_pixels, draft_size=self.draft_size)
-
-
 def load_model(options: EmbedOptions, threads: int) -> Any:
     import torch
 
@@ -89,27 +74,6 @@ def describe(options: EmbedOptions, threads: int) -> tuple[dict[str, Any], int, 
     model = load_model(options, threads)
     preparer = ImagePreparer(model.checkpoint.image_transform, model.max_pixels, model.draft_size)
     return job_info(model, options), model.info.embed_dim, preparer
-
-
-def decode_batch(batch: pa.Table, *, preparer: ImagePreparer, policy: FetchPolicy, workers: int) -> pa.Table:
-    """Items in, `Outcome`s as columns out; every item gets its row (errors and skips included)."""
-    items = [Item(**{name: row[name] for name in _ITEM_FIELDS}) for row in batch.to_pylist()]
-    for item in items:
-        item.metadata_row = None if item.metadata_row is None or item.metadata_row < 0 else item.metadata_row
-    decoder = Decoder(preparer, workers=workers, policy=policy)
-    try:
-        outcomes = [future.result() for future in [decoder.submit(item) for item in items]]
-    finally:
-        decoder.close()
-    columns: dict[str, Any] = {name: [getattr(o.item, name) for o in outcomes] for name in _ITEM_FIELDS}
-    columns["metadata_row"] = [-1 if value is None else value for value in columns["metadata_row"]]
-    columns["width"] = pa.array([o.width for o in outcomes], pa.int32())
-    columns["height"] = pa.array([o.height for o in outcomes], pa.int32())
-    columns["error"] = pa.array([o.error for o in outcomes], pa.string())
-    columns["skipped"] = [o.skipped for o in outcomes]
-    columns["prepared"] = pa.array([None if o.prepared is None else pickle.dumps(o.prepared, protocol=5)
-                                    for o in outcomes], pa.large_binary())
-    return pa.table(columns)
 
 
 class EmbedActor:
@@ -134,7 +98,7 @@ class EmbedActor:
         self.pipeline.counts = Counts()
         for row in batch.to_pylist():
             metadata_row = row["metadata_row"]
-            item = Item(**{name: row[name] for name in _ITEM_FIELDS})
+            item = Item(**{name: row[name] for name in ITEM_FIELDS})
             item.metadata_row = metadata_row
             outcome = Outcome(item, width=row["width"], height=row["height"], error=row["error"],
                               skipped=row["skipped"])
