@@ -9,20 +9,21 @@ instead of all L+1 of them (28 x 3.4 MB per so400m-384 image in float32).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 
 
-def _selects_one_hidden_state() -> bool:
+@functools.cache
+def selects_one_hidden_state() -> bool:
+    """Asked at the first feature request, not at import: importing transformers costs ~0.5 s of every CLI run
+    (models/towers.py imports this module; HF checkpoints no longer need transformers to run)."""
     try:
         from transformers.utils.output_capturing import selected_hidden_states
     except ImportError:  # older transformers 5.x: a flag only
         return False
     return selected_hidden_states(3) == [3]
-
-
-SELECTS_ONE_HIDDEN_STATE = _selects_one_hidden_state()
 
 
 def eager(module: torch.nn.Module) -> torch.nn.Module:
@@ -40,5 +41,5 @@ def run_vision_layer(vision_model: torch.nn.Module, layer: int, **inputs: Any) -
         out = vision_model(**inputs)
         return out.last_hidden_state, out.pooler_output
     # A list, not the bare index: transformers tests the option for truth, and 0 would capture nothing.
-    out = vision_model(**inputs, output_hidden_states=[layer] if SELECTS_ONE_HIDDEN_STATE else True)
+    out = vision_model(**inputs, output_hidden_states=[layer] if selects_one_hidden_state() else True)
     return out.hidden_states[layer], out.pooler_output
