@@ -9,6 +9,7 @@ process used (user + sys), which a busy machine inflates less than wall time.
 - `classify (baseline)`: the same command from `--baseline-ref` (default: the last commit before the
   fast-CLI work, issue #16), checked out in a temporary `git worktree` and run with PYTHONPATH pointing
   at it. `--baseline-ref ''` skips it.
+- `--also LABEL=SRC`: the same command from another source tree (a patched worktree's src/, say).
 - import floors: `python -c pass`, `import torch`, `from transformers import SiglipModel` (what loading
   through transformers costs before any work), `import siglip_serve.model` (this code's library import).
 - phases of one classify inside the process (import, load, labels, image, score), and a `-X importtime`
@@ -67,6 +68,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=10, help="Fresh processes per variant (median reported).")
     parser.add_argument("--baseline-ref", default=BASELINE_REF,
                         help="Git ref to compare against, run from a temporary worktree ('' to skip).")
+    parser.add_argument("--also", action="append", default=[], metavar="LABEL=SRC",
+                        help="Another source tree to time the same command from (PYTHONPATH=SRC), e.g. a patched "
+                             "worktree's src/; repeatable.")
     return parser.parse_args()
 
 
@@ -134,6 +138,10 @@ def main() -> None:
             baseline_env = {**env, "PYTHONPATH": str(worktree / "src")}
             variants["classify (baseline)"] = (
                 [sys.executable, "-m", "siglip_serve.cli", *classify], baseline_env, worktree)
+        for also in args.also:
+            label, _, source = also.partition("=")
+            variants[f"classify ({label})"] = ([sys.executable, "-m", "siglip_serve.cli", *classify],
+                                               {**env, "PYTHONPATH": str(Path(source).resolve())}, Path(source))
         try:
             results = measure(variants, runs=runs, report=report, image=image)
         finally:
@@ -155,8 +163,9 @@ def measure(variants: dict[str, tuple[list[str], dict[str, str], Path]], *, runs
                 if sample.pop("stderr").strip() and name.startswith("classify"):
                     sample["stderr"] = True
                 samples[name].append(sample)
-    if "classify (baseline)" in outputs and outputs["classify (baseline)"] != outputs["classify (this code)"]:
-        report.note("the baseline printed different scores than this code (compare the outputs below)")
+    for name, output in outputs.items():
+        if name.startswith("classify") and output != outputs["classify (this code)"]:
+            report.note(f"{name} printed other scores than this code (see `outputs` in the JSON)")
     rows = []
     for name, values in samples.items():
         walls, cpus = [v["wall_s"] for v in values], [v["cpu_s"] for v in values]

@@ -315,6 +315,9 @@ def test_a_fresh_process_loads_silently(which: str, request: pytest.FixtureReque
     code = ("import logging, sys, siglip_serve\n"
             "logging.basicConfig(level=logging.WARNING)\n"
             "siglip_serve.load(sys.argv[1], device='cpu')\n")
+    # Without the quieting variables tests/conftest.py sets for the whole session: the defaults a user has.
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")}
     done = subprocess.run([sys.executable, "-W", "error", "-c", code, spec], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
+                          timeout=300, env={**env, "HF_HUB_OFFLINE": "1"}, check=False)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
