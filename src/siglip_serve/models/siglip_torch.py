@@ -10,8 +10,9 @@ measured and rejected are recorded in bench/results/cli_latency.md.
 Same parameter names as transformers 5.x (`vision_model.encoder.layers.{i}.self_attn.q_proj.weight`, ...), so
 `model.safetensors` loads with `strict=True`, and the same functions in the same order (LayerNorm, SDPA with
 scale head_dim**-0.5 and no mask, `gelu(approximate="tanh")` for `gelu_pytorch_tanh`, `nn.MultiheadAttention`
-for the MAP head), so the outputs equal transformers' bit for bit in float32 on the CPU; tests/unit/test_loading.py
-compares every layer, and tests/parity/* compare the loaded model against transformers' own `SiglipModel`.
+for the MAP head), so the outputs equal transformers' (bit for bit in float32 on this project's CPU;
+tests/unit/test_loading.py compares every layer to 1e-6), and tests/parity/* compare the loaded model against
+transformers' own `SiglipModel`.
 
 Calling conventions kept from transformers because the rest of the package uses them: `vision_model(pixel_values=)`
 and `text_model(input_ids=)` return `.last_hidden_state` and `.pooler_output`; `output_hidden_states=True` (or a
