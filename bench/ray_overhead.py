@@ -191,6 +191,10 @@ def main() -> int:
     report.note("The text cell hits the label cache after the warm-up: it measures the HTTP path and, under Serve, "
                 "the proxy and the routing to a replica, with no model work.")
     report.note("Ray's CPUs are logical; all runs share the same 2 cores (see the module docstring).")
+    report.note("On a machine that other jobs load (see the load averages), the runner with more processes and "
+                "threads wins a larger share of the contended cores, and the load changes between runners: then the "
+                "image cells and the embed rows compare CPU shares, not Ray's overhead. The text cell (no model work, "
+                "~10 ms per request) is the least sensitive figure of the proxy's cost.")
     report.write(args.out_dir)
     return 0
 
