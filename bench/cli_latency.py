@@ -195,17 +195,25 @@ def write(report: Report, results: dict[str, Any], *, runs: int, baseline_ref: s
     report.add("importtime_s_by_package", results["importtime"])
     report.add("outputs", results["outputs"])
     report.add("heavy_modules_after_classify", results["heavy_modules"])
-    verdict = "meets" if ours["wall_p50"] <= TARGET_S else "misses"
+    torch_row = next(r for r in rows if r["variant"] == "import torch")
+    quiet = max(report.machine_at_start["load_average_1_5_15"][:1] + [os.getloadavg()[0]]) < 1.5
+    verdict = (f"This code {'meets' if ours['wall_p50'] <= TARGET_S else 'misses'} the {TARGET_S} s target"
+               if quiet else f"The machine was busy (load average >= 1.5): the {TARGET_S} s target cannot be judged "
+               "from this run")
     report.section(
         f"classify with the demo model, {runs} fresh processes each (median)",
         common.markdown_table(rows, [
             ("variant", "variant", ""), ("runs", "runs", "d"), ("wall_p50", "wall p50 s", ".2f"),
             ("wall_min", "wall min s", ".2f"), ("wall_max", "wall max s", ".2f"),
             ("cpu_p50", "CPU p50 s (user+sys)", ".2f"), ("stderr", "wrote to stderr", "")])
-        + f"\n\nThis code {verdict} the {TARGET_S} s target (median wall "
+        + f"\n\n{verdict} (this code's median wall "
         f"{ours['wall_p50']:.2f} s" + (f"; baseline `{baseline_ref}` {baseline['wall_p50']:.2f} s, "
                                        f"{baseline['wall_p50'] / ours['wall_p50']:.1f}x slower" if baseline else "")
-        + "). Load average at start and end are in the header: above ~1 the machine was not quiet.")
+        + f"). CPU time relative to `import torch` in the same run: this code "
+        f"{ours['cpu_p50'] / torch_row['cpu_p50']:.2f}x"
+        + (f", baseline {baseline['cpu_p50'] / torch_row['cpu_p50']:.2f}x" if baseline else "")
+        + " (a busy machine inflates both alike, so the ratio carries over to a quiet one better than seconds do)."
+        " Load average at start and end are in the header.")
     report.section("Phases inside one classify process (median)", common.markdown_table(
         results["phases"], [("phase", "phase", ""), ("p50_s", "seconds", ".3f")])
         + f"\n\nHeavy modules loaded by a classify: {', '.join(results['heavy_modules']) or 'none'}.")
