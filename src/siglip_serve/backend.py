@@ -1,7 +1,7 @@
 """The backend contract: what the engine needs of a model, and nothing more.
 
 The engine (admission, batching, the label cache) talks to models only through `Backend`;
-`siglip_serve.Model` implements it on transformers' modules, tests implement it with known
+`siglip_serve.Model` implements it on torch modules (or OpenVINO), tests implement it with known
 embeddings (tests/fakes.py). The split is TEI's router -> core -> backend trait
 (text-embeddings-inference `backends/core`): facts, prepare, tokenize, embed.
 Free of torch, so that the HTTP layer can read the facts.

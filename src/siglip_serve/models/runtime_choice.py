@@ -1,6 +1,6 @@
 """Which runtime runs a checkpoint's towers: torch or OpenVINO on the CPU (the server's `--backend auto` default).
 
-- ``backend="torch"``: transformers' modules in torch, on any device, in the resolved dtype (the library's
+- ``backend="torch"``: the torch modules (models/towers.py), on any device, in the resolved dtype (the library's
   default: `siglip_serve.load` gives the reference modules unless asked).
 - ``backend="openvino"``: both towers converted to OpenVINO and run on the CPU
   (models/openvino_backend.py). Refused, with the reason, where it cannot be given: a device

@@ -1,8 +1,9 @@
 """The two towers of a loaded checkpoint: tensors in, raw embeddings out.
 
-Knows nothing of queues, HTTP or files. Format adapters (`hf.py`, later
-`open_clip.py`) build a transformers `SiglipModel` and hand it here, on the device and in
-the dtype that `device_policy.py` resolved.
+Knows nothing of queues, HTTP or files. Format adapters build the module and hand it here, on the
+device and in the dtype that `device_policy.py` resolved: `hf.py` our `siglip_torch.SiglipModel`
+(transformers' module tree and parameter names, equal outputs), `naflex.py` transformers'
+`Siglip2Model`, `open_clip.py` transformers' `SiglipModel`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from siglip_serve.models.features import eager, run_vision_layer
 
 
 class SiglipTowers:
-    """Runs a transformers SigLIP model's vision and text towers without any mask."""
+    """Runs a SigLIP model's vision and text towers (transformers' module interface) without any mask."""
 
     def __init__(self, module: torch.nn.Module, *, device: torch.device, dtype: torch.dtype) -> None:
         # Read the temperature in the checkpoint's precision before any cast to half.
