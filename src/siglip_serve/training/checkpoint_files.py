@@ -8,6 +8,7 @@ real checkpoints.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import string
@@ -38,9 +39,12 @@ def train_sentencepiece(directory: Path, corpus: Iterable[str], *, vocab_size: i
 
     directory.mkdir(parents=True, exist_ok=True)
     sentences = [*corpus, " ".join(string.ascii_lowercase + string.digits)]
+    # Written from memory, not by `model_prefix`: SentencePiece records the prefix (a path) inside the
+    # model, so the same command run in another directory would give other bytes.
+    model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
-        model_prefix=str(directory / "spiece"),
+        model_writer=model,
         vocab_size=vocab_size,
         model_type="unigram",
         character_coverage=1.0,
@@ -50,7 +54,7 @@ def train_sentencepiece(directory: Path, corpus: Iterable[str], *, vocab_size: i
         num_threads=1,
         minloglevel=2,
     )
-    (directory / "spiece.vocab").unlink()
+    (directory / "spiece.model").write_bytes(model.getvalue())
     write_json(directory / "special_tokens_map.json", SPECIAL_TOKENS)
     write_json(directory / "tokenizer_config.json", {
         **SPECIAL_TOKENS, "tokenizer_class": "SiglipTokenizer", "model_max_length": length, "do_lower_case": True,

@@ -73,17 +73,17 @@ class Architecture:
 class TrainOptions:
     # The field order is that of training.json's "options": keep it, so that records stay comparable.
     out: Path = option(help="Directory to write the checkpoint to.")
-    steps: int = option(3200, help="Optimizer steps.")
+    steps: int = option(6300, help="Optimizer steps.")
     batch_size: int = option(128, help="Image-caption pairs per step.")
     lr: float = option(1e-3, help="Peak learning rate (AdamW), after a linear warmup and before a cosine decay to 0.")
     weight_decay: float = option(1e-4, help="AdamW weight decay of the weight matrices (not of norms, biases "
                                             "or the logit scale and bias).")
-    warmup_steps: int = option(200, help="Steps of linear learning-rate warmup.")
+    warmup_steps: int = option(300, help="Steps of linear learning-rate warmup.")
     grad_clip: float = option(1.0, help="Largest gradient norm; larger gradients are scaled down to it.")
     seed: int = option(0, help="Seed of the weights, the shapes drawn and the batch order.")
     data: Path | None = option(None, none_means="the built-in synthetic shapes dataset",
                                help="A .jsonl or .csv of `image` (path relative to the file) and `caption`.")
-    pool_size: int = option(16_000, help="Shapes dataset: images drawn up front and reused with flips, rotations "
+    pool_size: int = option(40_000, help="Shapes dataset: images drawn up front and reused with flips, rotations "
                                          "and new captions.")
     label_bank: bool = option(True, help="Shapes dataset: every batch also carries a caption per shape, color "
                                          "and combination.")

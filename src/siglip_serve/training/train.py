@@ -108,7 +108,14 @@ def init_setup(options: TrainOptions) -> Setup:
     if not isinstance(checkpoint.image_transform, ImageTransform):
         raise UnsupportedModelError(f"{options.init}: only fixed-resolution checkpoints can be fine-tuned")
     copy_tokenizer_files(checkpoint.directory, options.out)
-    return Setup(checkpoint.towers.module, checkpoint.tokenizer, checkpoint.image_transform)
+    module = checkpoint.towers.module
+    if checkpoint.format == "hf":
+        # Served on siglip_serve's inference modules (models/siglip_torch.py); training needs transformers'
+        # SiglipModel (set_attn_implementation, save_pretrained): the same files, loaded into it.
+        from siglip_serve.models.hf import load_transformers_module
+
+        module = load_transformers_module("SiglipModel", checkpoint.directory)
+    return Setup(module, checkpoint.tokenizer, checkpoint.image_transform)
 
 
 def make_source(options: TrainOptions, setup: Setup) -> BatchSource:
