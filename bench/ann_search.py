@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,7 @@ def search_run(store: LanceCollectionStore, queries: np.ndarray, truth: list[set
 
 
 def run_size(n: int, dim: int, n_queries: int, exact_queries: int, root: Path, *, index: bool,
-             keep: bool = False) -> dict:
+             keep: bool = False, efs: tuple[int, ...] = (IndexParams().ef,)) -> list[dict]:
     rng = np.random.default_rng(n)
     centres = rng.standard_normal((max(10, n // 1000), dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -123,16 +124,20 @@ def run_size(n: int, dim: int, n_queries: int, exact_queries: int, root: Path, *
             built["build_load_average"] = list(os.getloadavg())
         if keep:
             built_note.write_text(json.dumps(built))
-    row = {"n": n, "dim": dim, "clusters": len(centres), "ingest_rows_per_s": n / built["ingest_s"], **built,
-           "ann": {}, "ann_filtered": {}, "search_load_average": list(os.getloadavg())}
-    if index:
-        with stage(f"{n}: ANN search ({n_queries} queries)"):
-            row["ann"] = search_run(store, queries, truth)
-            row["ann_filtered"] = search_run(store, queries, truth_filtered, where={"group": 3})
-    row["disk_mb"] = sum(p.stat().st_size for p in data.rglob("*") if p.is_file()) / 2**20
+    rows = []
+    for ef in efs if index else (IndexParams().ef,):
+        row = {"n": n, "dim": dim, "clusters": len(centres), "ingest_rows_per_s": n / built["ingest_s"], **built,
+               "ef": ef, "ann": {}, "ann_filtered": {}, "search_load_average": list(os.getloadavg())}
+        if index:
+            searcher = LanceCollectionStore(str(data), ann_index_threshold=0, index=replace(IndexParams(), ef=ef))
+            with stage(f"{n}: ANN search, ef {ef} ({n_queries} queries)"):
+                row["ann"] = search_run(searcher, queries, truth)
+                row["ann_filtered"] = search_run(searcher, queries, truth_filtered, where={"group": 3})
+        row["disk_mb"] = sum(p.stat().st_size for p in data.rglob("*") if p.is_file()) / 2**20
+        rows.append(row)
     if not keep:
         shutil.rmtree(data, ignore_errors=True)
-    return row
+    return rows
 
 
 def main() -> None:
@@ -146,6 +151,8 @@ def main() -> None:
                         help="Build no index above this many vectors (ingest and exact search only).")
     parser.add_argument("--keep", action="store_true",
                         help="Keep each size's table and index in --work-dir, and reuse them when already there.")
+    parser.add_argument("--ef", default=str(IndexParams().ef),
+                        help="Comma-separated search ef values to time on each index (default: the store's).")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -156,18 +163,20 @@ def main() -> None:
     root = Path(args.work_dir or tempfile.mkdtemp(prefix="siglip-ann-"))
     rows = []
     for n in sizes:
-        row = run_size(n, args.dim, args.queries, min(args.exact_queries, args.queries), root,
-                       index=args.index_max is None or n <= args.index_max, keep=args.keep)
-        rows.append(row)
-        print(row, file=sys.stderr, flush=True)
+        found = run_size(n, args.dim, args.queries, min(args.exact_queries, args.queries), root,
+                         index=args.index_max is None or n <= args.index_max, keep=args.keep,
+                         efs=tuple(int(e) for e in args.ef.split(",")))
+        rows.extend(found)
+        print(found, file=sys.stderr, flush=True)
     report.add("results", rows)
-    flat = [{"n": r["n"], "ingest": r["ingest_rows_per_s"], "exact_p50": r["exact"]["p50_ms"],
+    flat = [{"n": r["n"], "ef": r["ef"], "ingest": r["ingest_rows_per_s"], "exact_p50": r["exact"]["p50_ms"],
              "exact_p99": r["exact"]["p99_ms"], "build": r["index_build_s"], "index": r["index"],
              "p50": r["ann"].get("p50_ms"), "p99": r["ann"].get("p99_ms"), "recall": r["ann"].get("recall_at_10"),
              "f_p50": r["ann_filtered"].get("p50_ms"), "f_p99": r["ann_filtered"].get("p99_ms"),
              "f_recall": r["ann_filtered"].get("recall_at_10"), "disk": r["disk_mb"]} for r in rows]
     report.section(f"Search over {args.dim}-d vectors (top {TOP_K})", markdown_table(flat, [
-        ("n", "vectors", ","), ("ingest", "ingest rows/s", ",.0f"), ("exact_p50", "exact p50 ms", ".1f"),
+        ("n", "vectors", ","), ("ef", "ef", "d"), ("ingest", "ingest rows/s", ",.0f"),
+        ("exact_p50", "exact p50 ms", ".1f"),
         ("exact_p99", "exact p99 ms", ".1f"), ("index", "index", ""), ("build", "index build s", ".0f"),
         ("p50", "ANN p50 ms", ".1f"), ("p99", "ANN p99 ms", ".1f"), ("recall", "recall@10", ".3f"),
         ("f_p50", "filtered p50 ms", ".1f"), ("f_p99", "filtered p99 ms", ".1f"),

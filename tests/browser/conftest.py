@@ -35,8 +35,10 @@ def live_server(args: list[str], log_path: Path) -> Iterator[LiveServer]:
     assert code == 0, f"server exited with {code} after SIGTERM:\n{server.log()}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Per module, not per session: while Playwright's sync API runs, the main thread has a running event loop,
+    and every later test that calls asyncio.run() in it would fail."""
     pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package (test extra)")
     from playground_driver import chromium_path, launch
     from playwright.sync_api import sync_playwright
