@@ -7,8 +7,8 @@ graphs of the `nprobes` partitions nearest the query keeping `ef` candidates, th
 re-reads the full vectors of the best ``top_k * refine_factor`` to rank them by their exact distance.
 
 Why not IVF_PQ, LanceDB's default: on 768-d clustered unit vectors it needed refine_factor 20 to
-reach recall@10 0.95 and took 3x longer to build than IVF_HNSW_SQ, which gets 0.99 at ef 100 and
-refine 5 (bench/results/ann_search.md has the figures at 10k-1M vectors).
+reach recall@10 0.95 and took 3x longer to build than IVF_HNSW_SQ, which gets 0.996-0.999 at ef 200 and
+refine 5 from 10k to 1M vectors (bench/results/ann_search.md).
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ class IndexParams:
     m: int = 20
     ef_construction: int = 150
     # Search: partitions probed (every partition up to this many), candidates kept in the graph
-    # walk, and candidates re-ranked by their exact distance as a multiple of top_k.
+    # walk, and candidates re-ranked by their exact distance as a multiple of top_k. ef 200, not 100:
+    # at 1M vectors (one graph) ef 100 found recall@10 0.941, ef 200 0.999 at the same p50 (15 ms) and
+    # a lower p99 (23 vs 34 ms), quiet, in one run (bench/results/ann_search.md); at 10k-100k both are >= 0.996.
     nprobes: int = 8
-    ef: int = 100
+    ef: int = 200
     refine_factor: int = 5
     # Rebuild once the rows written since the build (each search scans them flat next to the
     # index) reach this fraction of the indexed rows.
