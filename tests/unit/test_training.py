@@ -40,10 +40,14 @@ from siglip_serve.training.shapes import (
     COLOR_RANGES,
     COLORS,
     COMBOS,
+    EASY,
+    LUMA,
     SHAPES,
     Caption,
+    Contrast,
     Thing,
     caption_corpus,
+    contrasting_colors,
     label_captions,
     make_caption,
     make_sample,
@@ -58,7 +62,8 @@ TINY = Architecture(image_size=32, patch_size=8, vision_width=32, vision_layers=
 
 def tiny_options(out: Path, **overrides) -> TrainOptions:
     settings = {"steps": 20, "batch_size": 16, "lr": 3e-3, "warmup_steps": 2, "architecture": TINY,
-                "pool_size": 96, "threads": 1, "device": "cpu", "progress": False, **overrides}
+                "pool_size": 96, "easy_pool_size": 48, "curriculum_steps": 10, "threads": 1, "device": "cpu",
+                "progress": False, **overrides}
     return TrainOptions(out=out, **settings)
 
 
@@ -186,6 +191,19 @@ def in_range(rgb: np.ndarray, name: str, slack: float = 0.05) -> np.ndarray:
     return (hue | (h1 - h0 >= 360)) & saturation & (hsv[:, 2] >= v0 - slack) & (hsv[:, 2] <= v1 + slack)
 
 
+def test_backgrounds_contrast_with_every_shape_and_give_way_when_no_color_can() -> None:
+    rng = np.random.default_rng(5)
+    fills = [(220, 30, 30), (40, 80, 225)]  # red and blue: luma 87 and 85, so light backgrounds exist
+    colors = contrasting_colors(rng, fills, 10, saturated=False, contrast=EASY.contrast)
+    assert colors.shape == (10, 3)
+    assert (np.abs((colors @ LUMA)[:, None] - (np.array(fills) @ LUMA)[None]) >= 80).all()
+    assert (np.linalg.norm(colors[:, None] - np.array(fills)[None], axis=2) >= 150).all()
+    # Black, white and mid gray: no color is 80 luma away from all three; the contrast asked for shrinks.
+    impossible = contrasting_colors(rng, [(0, 0, 0), (255, 255, 255), (128, 128, 128)], 3, saturated=False,
+                                    contrast=Contrast(150.0, 80.0, math.inf))
+    assert impossible.shape == (3, 3)
+
+
 def test_named_colors_stay_in_their_range_and_the_typical_rgb_is_in_it() -> None:
     rng = np.random.default_rng(3)
     for name in COLORS:
@@ -281,6 +299,36 @@ def test_pool_batches_are_flipped_pool_images_with_fresh_captions(pool: ShapesPo
         assert true_of(text, fact.things), (text, fact)
     repeated = pool.batch(step=1, size=64)
     assert repeated.captions == batch.captions and torch.equal(repeated.pixel_values, batch.pixel_values)
+
+
+def sources(pixels: np.ndarray, transform: ImageTransform) -> dict[bytes, int]:
+    """Every flip and rotation of every pool image, normalized as a batch row, -> the image's index."""
+    return {normalize_pixels(dihedral(image, op)[None], transform)[0].numpy().tobytes(): index
+            for index, image in reversed(list(enumerate(pixels))) for op in range(8)}
+
+
+def test_the_curriculum_starts_on_easy_images_and_hands_over_to_the_broad_pool() -> None:
+    transform = ImageTransform(height=32, width=32, resample=3)
+    curriculum = ShapesPool(transform, seed=0, size=96, workers=1, easy_size=48, curriculum_steps=4)
+    assert [curriculum.easy_share(step) for step in (0, 1, 2, 4, 9)] == [1.0, 0.75, 0.5, 0.0, 0.0]
+    easy = [make_sample(0, i, scene=EASY) for i in range(48)]
+    assert all(len(s.things) == 1 and s.background in EASY.backgrounds for s in easy)
+    assert all(max(s.image.size) / min(s.image.size) <= EASY.max_aspect + 0.05 for s in easy)
+
+    easy_rows, broad_rows = sources(curriculum.easy_pixels, transform), sources(curriculum.pixels, transform)
+
+    def origins(step: int) -> list[str]:
+        rows = [row.numpy().tobytes() for row in curriculum.batch(step=step, size=16).pixel_values]
+        return ["easy" if row in easy_rows else "broad" if row in broad_rows else "neither" for row in rows]
+
+    assert origins(0) == ["easy"] * 16
+    assert origins(2) == ["easy"] * 8 + ["broad"] * 8
+    assert origins(4) == ["broad"] * 16
+    # Without a curriculum a batch is the broad pool's, in its epoch order, as before.
+    plain = ShapesPool(transform, seed=0, size=96, workers=1)
+    plain_rows = sources(plain.pixels, transform)
+    assert [plain_rows[row.numpy().tobytes()] for row in plain.batch(step=0, size=16).pixel_values] == \
+        [plain.index(j) for j in range(16)]
 
 
 def test_every_true_description_in_a_batch_is_a_positive(pool: ShapesPool) -> None:

@@ -24,7 +24,17 @@ from PIL import Image
 from siglip_serve.errors import SiglipServeError
 from siglip_serve.preprocess.images import ImageTransform, load_image
 from siglip_serve.preprocess.text import TextCleaning, clean_text
-from siglip_serve.training.shapes import COMBOS, Caption, Thing, label_captions, make_caption, make_sample
+from siglip_serve.training.shapes import (
+    BROAD,
+    COMBOS,
+    EASY,
+    Caption,
+    Scene,
+    Thing,
+    label_captions,
+    make_caption,
+    make_sample,
+)
 
 
 class TrainingDataError(SiglipServeError):
@@ -94,8 +104,9 @@ def describes_matrix(captions: Sequence[Caption], facts: Sequence[ShapeFacts]) -
     return torch.from_numpy(((images[:, :, None] & terms[None]) != 0).all(axis=2))
 
 
-def render_pool_images(seed: int, start: int, stop: int, transform: ImageTransform) -> tuple[np.ndarray, list]:
-    samples = [make_sample(seed, index) for index in range(start, stop)]
+def render_pool_images(seed: int, start: int, stop: int, transform: ImageTransform,
+                       scene: Scene = BROAD) -> tuple[np.ndarray, list]:
+    samples = [make_sample(seed, index, scene=scene) for index in range(start, stop)]
     pixels = np.stack([resize_pixels(s.image, transform) for s in samples])
     return pixels, [ShapeFacts(s.things) for s in samples]
 
@@ -112,32 +123,37 @@ class ShapesPool:
     With `label_bank`, every batch also carries one caption per shape, color and combination
     (`label_captions`), a dense set of hard negatives: with it (and a faster temperature) the demo
     recipe's held-out shape accuracy went from 94.3% to 95.5% (README, "The demo model").
+
+    With `curriculum_steps`, a second, smaller pool of easy images (`shapes.EASY`: one large shape on a
+    plain background) makes up the whole of batch 0, a share falling linearly to none at that step,
+    and the broad pool the rest.
     """
 
     def __init__(self, transform: ImageTransform, *, seed: int = 0, size: int = 40_000, workers: int = 2,
-                 label_bank: bool = False, progress: bool = False) -> None:
+                 label_bank: bool = False, easy_size: int = 0, curriculum_steps: int = 0,
+                 progress: bool = False) -> None:
         self.transform, self.seed, self.label_bank = transform, seed, label_bank
-        chunks = [(start, min(start + 960, size)) for start in range(0, size, 960)]
-        starts, stops = zip(*chunks, strict=True)
-        if workers <= 1:
-            jobs = map(render_pool_images, repeat(seed), starts, stops, repeat(transform))
-            parts = list(progress_over(jobs, total=len(chunks), enabled=progress))
-        else:  # drawing is plain Python/PIL/numpy: processes, not threads
-            context = get_context("fork") if "fork" in get_all_start_methods() else None
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                jobs = pool.map(render_pool_images, repeat(seed), starts, stops, repeat(transform))
-                parts = list(progress_over(jobs, total=len(chunks), enabled=progress))
-        self.pixels = np.concatenate([pixels for pixels, _ in parts])
-        self.facts: list[ShapeFacts] = [fact for _, facts in parts for fact in facts]
+        self.curriculum_steps = curriculum_steps if easy_size else 0
+        self.pixels, self.facts = draw_pool(transform, seed, size, BROAD, workers, progress)
+        self.easy_pixels, self.easy_facts = (draw_pool(transform, seed, easy_size, EASY, workers, progress)
+                                             if self.curriculum_steps else (self.pixels[:0], []))
+
+    def easy_share(self, step: int) -> float:
+        return max(0.0, 1.0 - step / self.curriculum_steps) if self.curriculum_steps else 0.0
 
     def __len__(self) -> int:
         return len(self.facts)
 
     def batch(self, step: int, size: int) -> Batch:
         rng = np.random.default_rng([self.seed, step, 4])
-        indices = [self.index(step * size + i) for i in range(size)]
-        pixels = np.stack([dihedral(self.pixels[i], int(rng.integers(8))) for i in indices])
-        facts = [self.facts[i] for i in indices]
+        easy = round(size * self.easy_share(step))
+        # The broad pool keeps its epoch order (positions of easy slots are skipped); easy images are drawn
+        # with replacement (a few thousand of them, each seen a few times).
+        sources = [(self.easy_pixels, self.easy_facts, int(i)) for i in
+                   np.random.default_rng([self.seed, step, 6]).integers(len(self.easy_facts), size=easy)]
+        sources += [(self.pixels, self.facts, self.index(step * size + i)) for i in range(easy, size)]
+        pixels = np.stack([dihedral(pool[i], int(rng.integers(8))) for pool, _, i in sources])
+        facts = [facts[i] for _, facts, i in sources]
         captions = [make_caption(rng, f.things) for f in facts]
         if self.label_bank:
             captions += label_captions(rng)
@@ -150,6 +166,22 @@ class ShapesPool:
     def index(self, position: int) -> int:
         epoch, offset = divmod(position, len(self))
         return int(epoch_order(self.seed, epoch, len(self))[offset])
+
+
+def draw_pool(transform: ImageTransform, seed: int, size: int, scene: Scene, workers: int,
+              progress: bool) -> tuple[np.ndarray, list[ShapeFacts]]:
+    """[size, H, W, 3] uint8 pixels after the checkpoint's resize, and what each image shows."""
+    chunks = [(start, min(start + 960, size)) for start in range(0, size, 960)]
+    starts, stops = zip(*chunks, strict=True)
+    if workers <= 1:
+        jobs = map(render_pool_images, repeat(seed), starts, stops, repeat(transform), repeat(scene))
+        parts = list(progress_over(jobs, total=len(chunks), enabled=progress))
+    else:  # drawing is plain Python/PIL/numpy: processes, not threads
+        context = get_context("fork") if "fork" in get_all_start_methods() else None
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            jobs = pool.map(render_pool_images, repeat(seed), starts, stops, repeat(transform), repeat(scene))
+            parts = list(progress_over(jobs, total=len(chunks), enabled=progress))
+    return np.concatenate([pixels for pixels, _ in parts]), [fact for _, facts in parts for fact in facts]
 
 
 def dihedral(pixels: np.ndarray, op: int) -> np.ndarray:

@@ -73,7 +73,7 @@ class Architecture:
 class TrainOptions:
     # The field order is that of training.json's "options": keep it, so that records stay comparable.
     out: Path = option(help="Directory to write the checkpoint to.")
-    steps: int = option(6300, help="Optimizer steps.")
+    steps: int = option(7500, help="Optimizer steps.")
     batch_size: int = option(128, help="Image-caption pairs per step.")
     lr: float = option(1e-3, help="Peak learning rate (AdamW), after a linear warmup and before a cosine decay to 0.")
     weight_decay: float = option(1e-4, help="AdamW weight decay of the weight matrices (not of norms, biases "
@@ -87,6 +87,10 @@ class TrainOptions:
                                          "and new captions.")
     label_bank: bool = option(True, help="Shapes dataset: every batch also carries a caption per shape, color "
                                          "and combination.")
+    curriculum_steps: int = option(5000, help="Shapes dataset: easy images (one large shape on a small square "
+                                              "canvas with a plain background) make up all of the first batch, "
+                                              "a share falling linearly to none at this step (0: no curriculum).")
+    easy_pool_size: int = option(8000, help="Shapes dataset: easy images drawn up front for the curriculum.")
     temperature_lr_scale: float | None = option(None, none_means="10 from scratch, 1 with --init",
                                                 help="Learning rate of the logit scale and bias, as a multiple "
                                                      "of --lr.")

@@ -56,9 +56,6 @@ COMBOS = tuple((color, shape) for color in COLORS for shape in SHAPES)
 
 BACKGROUNDS = ("solid", "gradient", "radial", "noise", "stripes", "blobs", "clouds", "checker")
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as PIL's convert("L")
-# Least contrast between a shape's color and every background color: RGB distance and brightness,
-# or a large RGB distance alone (a yellow star on white is still findable).
-MIN_DISTANCE, MIN_LUMA, ALWAYS_DISTANCE = 100.0, 30.0, 170.0
 
 # Caption phrasings. {c} color, {s} shape; "a" becomes "an" before a vowel.
 FULL_CAPTIONS = (
@@ -83,6 +80,48 @@ PAIR_CAPTIONS = (
 # Color is learned within a few hundred steps, shape much later, hence more shape-only captions.
 CAPTION_KINDS = (("full", 0.6), ("color", 0.1), ("shape", 0.25), ("pair", 0.05))
 OBJECT_COUNTS = ((1, 0.7), (2, 0.2), (3, 0.1))
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """Least contrast between a shape's color and every background color: RGB distance and brightness
+    (luma, 0-255), or a large RGB distance alone (a yellow star on white is still findable)."""
+
+    distance: float
+    luma: float
+    distance_alone: float
+
+
+@dataclass(frozen=True)
+class Scene:
+    """The range a drawn image comes from. `stream` keys its random numbers, so each scene is its own
+    reproducible stream."""
+
+    long_side: tuple[float, float]  # canvas long side in pixels, log-uniform
+    max_aspect: float  # canvas aspect ratios up to this (either orientation)
+    size: tuple[float, float]  # a single shape's diameter over the canvas's short side
+    backgrounds: tuple[str, ...]
+    object_counts: tuple[tuple[int, float], ...]
+    contrast: Contrast
+    saturated_p: float  # chance of saturated background colors (else at most 50% saturation)
+    outline_p: float  # chance of an outlined shape
+    shown: float  # least share of a shape's radius kept inside the canvas (1: never cut by the edge)
+    stream: int
+
+
+# Everything a user might send (the module docstring).
+BROAD = Scene((48, 1024), 3.0, (0.1, 0.9), BACKGROUNDS, OBJECT_COUNTS, Contrast(100.0, 50.0, 170.0), saturated_p=0.2,
+              outline_p=0.25, shown=0.4, stream=2)
+# The start of the curriculum (`ShapesPool`): the first demo generator's images, on which a small ViT
+# learns shapes within a few thousand steps: one filled shape of 50-90% of a 64-128 px square canvas,
+# whole, on a muted solid, gradient or grainy background well apart in brightness (its notes: "with
+# colors alone, a small ViT learns shapes far more slowly"); blur, noise and JPEG as in BROAD. From
+# scratch on BROAD alone the demo model learned colors within 600 steps and was still at chance on shapes
+# after 1,500; a curriculum that began on larger shapes on wider canvases up to 1.5:1 did not start either
+# within 2,000 steps, while on these images shapes were above chance after 750 (README, "The demo model").
+# Curriculum learning: Bengio et al., ICML 2009.
+EASY = Scene((64, 128), 1.0, (0.5, 0.9), ("solid", "gradient", "noise"), ((1, 1.0),), Contrast(150.0, 80.0, math.inf),
+             saturated_p=0.0, outline_p=0.0, shown=1.0, stream=5)
 
 
 @dataclass(frozen=True)
@@ -143,14 +182,15 @@ def block_order(seed: int, block: int) -> tuple[int, ...]:
     return tuple(int(i) for i in np.random.default_rng([seed, block, 1]).permutation(len(COMBOS)))
 
 
-def make_sample(seed: int, index: int, *, single: bool = False) -> ShapeSample:
-    """Sample `index` of stream `seed`; `single`: one object only (for held-out classification)."""
+def make_sample(seed: int, index: int, *, single: bool = False, scene: Scene = BROAD) -> ShapeSample:
+    """Sample `index` of stream `seed` drawn from `scene`; `single`: one object only (for held-out
+    classification)."""
     color, shape = combo_of(seed, index)
-    rng = np.random.default_rng([seed, index, 2])
-    count = 1 if single else int(choose(rng, OBJECT_COUNTS))
+    rng = np.random.default_rng([seed, index, scene.stream])
+    count = 1 if single else int(choose(rng, scene.object_counts))
     others = rng.permutation([c for c in COLORS if c != color])[: count - 1]
     things = (Thing(color, shape), *(Thing(str(c), SHAPES[int(rng.integers(len(SHAPES)))]) for c in others))
-    image, background, things = render(rng, things)
+    image, background, things = render(rng, things, scene)
     return ShapeSample(image, things, background, make_caption(rng, things))
 
 
@@ -159,11 +199,12 @@ def choose(rng: np.random.Generator, weighted: tuple[tuple[object, float], ...])
     return names[int(rng.choice(len(names), p=np.array(weights) / sum(weights)))]
 
 
-def canvas_size(rng: np.random.Generator) -> tuple[int, int]:
-    """(width, height): long side log-uniform in 48-1024 px, aspect ratio 1 (a third of the time)
-    or log-uniform up to 3:1, either orientation; the short side at least 32 px."""
-    long_side = math.exp(rng.uniform(math.log(48), math.log(1024)))
-    aspect = 1.0 if rng.uniform() < 1 / 3 else math.exp(rng.uniform(0, math.log(3)))
+def canvas_size(rng: np.random.Generator, long_side_range: tuple[float, float] = (48, 1024),
+                max_aspect: float = 3.0) -> tuple[int, int]:
+    """(width, height): long side log-uniform in `long_side_range`, aspect ratio 1 (a third of the time)
+    or log-uniform up to `max_aspect`, either orientation; the short side at least 32 px."""
+    long_side = math.exp(rng.uniform(math.log(long_side_range[0]), math.log(long_side_range[1])))
+    aspect = 1.0 if rng.uniform() < 1 / 3 else math.exp(rng.uniform(0, math.log(max_aspect)))
     short_side = max(32, round(long_side / aspect))
     return (round(long_side), short_side) if rng.uniform() < 0.5 else (short_side, round(long_side))
 
@@ -175,18 +216,25 @@ def named_color(rng: np.random.Generator, name: str) -> tuple[int, int, int]:
 
 
 def contrasting_colors(rng: np.random.Generator, fills: list[tuple[int, int, int]], count: int, *,
-                       saturated: bool) -> np.ndarray:
+                       saturated: bool, contrast: Contrast) -> np.ndarray:
     """[count, 3] random background colors, each contrasting with every fill (rejection sampling).
-    Muted: at most 50% saturation; saturated: any."""
+    Muted: at most 50% saturation; saturated: any. Three fills can leave no color that contrasts with
+    all of them enough (black, white and a mid-gray green in brightness): then, after every 20 rounds of
+    64 candidates, the contrast asked for shrinks by a fifth."""
     targets = np.array(fills, dtype=float)
     chosen: list[np.ndarray] = []
+    rounds = 0
     while len(chosen) < count:
+        rounds += 1
+        if rounds % 20 == 0:
+            contrast = Contrast(contrast.distance * 0.8, contrast.luma * 0.8, contrast.distance_alone * 0.8)
         rgb = rng.uniform(0, 255, size=(64, 3))
         if not saturated:
             rgb += (rgb.mean(axis=1, keepdims=True) - rgb) * rng.uniform(0.5, 1.0, size=(64, 1))
         distance = np.linalg.norm(rgb[:, None] - targets[None], axis=2)
         luma = np.abs((rgb @ LUMA)[:, None] - (targets @ LUMA)[None])
-        ok = (((distance >= MIN_DISTANCE) & (luma >= MIN_LUMA)) | (distance >= ALWAYS_DISTANCE)).all(axis=1)
+        ok = (((distance >= contrast.distance) & (luma >= contrast.luma))
+              | (distance >= contrast.distance_alone)).all(axis=1)
         chosen += list(rgb[ok][: count - len(chosen)])
     return np.array(chosen, dtype=np.float32)
 
@@ -272,16 +320,18 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, center: np.ndarray, radius
         draw.polygon(shape_points(shape, center, radius, angle, **proportions), fill=fill)
 
 
-def place(rng: np.random.Generator, size: tuple[int, int], count: int) -> list[tuple[np.ndarray, float]]:
-    """(center, circumradius) per object: diameter 10-90% of the short side (smaller when several),
-    anywhere as long as most of it shows (up to ~30% may be cut by the edge), not overlapping."""
+def place(rng: np.random.Generator, size: tuple[int, int], count: int, extent: tuple[float, float] = (0.1, 0.9),
+          shown: float = 0.4) -> list[tuple[np.ndarray, float]]:
+    """(center, circumradius) per object: diameter in `extent` of the short side (at most 55% when
+    several), anywhere as long as `shown` of its radius stays inside (0.4: up to ~30% of it may be cut by
+    the edge), not overlapping."""
     short = min(size)
-    largest = 0.9 if count == 1 else 0.55
+    smallest, largest = extent[0], extent[1] if count == 1 else min(extent[1], 0.55)
     placed: list[tuple[np.ndarray, float]] = []
     for _ in range(count):
         for _attempt in range(20):
-            radius = short * rng.uniform(0.1, largest) / 2
-            margin = radius * rng.uniform(0.4, 1.0)
+            radius = short * rng.uniform(smallest, largest) / 2
+            margin = radius * rng.uniform(shown, 1.0)
             center = np.array([rng.uniform(margin, size[0] - margin), rng.uniform(margin, size[1] - margin)])
             if all(np.hypot(*(center - c)) > 1.05 * (radius + r) for c, r in placed):
                 placed.append((center, radius))
@@ -289,22 +339,24 @@ def place(rng: np.random.Generator, size: tuple[int, int], count: int) -> list[t
     return placed
 
 
-def render(rng: np.random.Generator, things: tuple[Thing, ...]) -> tuple[Image.Image, str, tuple[Thing, ...]]:
+def render(rng: np.random.Generator, things: tuple[Thing, ...],
+           scene: Scene = BROAD) -> tuple[Image.Image, str, tuple[Thing, ...]]:
     """Draw the objects (those that fit without overlapping; always the first) on a contrasting
     background, then blur, noise and JPEG; returns (image, background kind, the objects drawn)."""
-    size = canvas_size(rng)
+    size = canvas_size(rng, scene.long_side, scene.max_aspect)
     fills = [named_color(rng, t.color) for t in things]
-    kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-    colors = contrasting_colors(rng, fills, int(rng.integers(2, 5)), saturated=rng.uniform() < 0.2)
+    kind = scene.backgrounds[int(rng.integers(len(scene.backgrounds)))]
+    colors = contrasting_colors(rng, fills, int(rng.integers(2, 5)), saturated=rng.uniform() < scene.saturated_p,
+                                contrast=scene.contrast)
     image = background(rng, kind, size, colors)
-    placed = place(rng, size, len(things))
+    placed = place(rng, size, len(things), scene.size, scene.shown)
     for thing, fill, (center, radius) in zip(things, fills, placed, strict=False):
         mask = Image.new("L", size, 0)
         draw = ImageDraw.Draw(mask)
         angle = rng.uniform(0, 2 * math.pi)
         proportions = {"arm": rng.uniform(0.22, 0.4), "inner": rng.uniform(0.36, 0.52)}
         draw_shape(draw, thing.shape, center, radius, angle, 255, **proportions)
-        if rng.uniform() < 0.25:  # outlined: cut out the same shape, smaller
+        if rng.uniform() < scene.outline_p:  # outlined: cut out the same shape, smaller
             inner = radius * (1 - rng.uniform(0.15, 0.35))
             draw_shape(draw, thing.shape, center, inner, angle, 0, **proportions)
         image.paste(fill, (0, 0), mask)

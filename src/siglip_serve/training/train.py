@@ -121,6 +121,7 @@ def init_setup(options: TrainOptions) -> Setup:
 def make_source(options: TrainOptions, setup: Setup) -> BatchSource:
     if options.data is None:
         return ShapesPool(setup.transform, seed=options.seed, size=options.pool_size, label_bank=options.label_bank,
+                          easy_size=options.easy_pool_size, curriculum_steps=options.curriculum_steps,
                           workers=min(options.threads or torch.get_num_threads(), 8), progress=options.progress)
     items = read_captions(options.data)
     return CaptionsSource(items, setup.transform, setup.tokenizer.cleaning, seed=options.seed)
