@@ -199,12 +199,11 @@ def choose(rng: np.random.Generator, weighted: tuple[tuple[object, float], ...])
     return names[int(rng.choice(len(names), p=np.array(weights) / sum(weights)))]
 
 
-def canvas_size(rng: np.random.Generator, long_side_range: tuple[float, float] = (48, 1024),
-                max_aspect: float = 3.0) -> tuple[int, int]:
-    """(width, height): long side log-uniform in `long_side_range`, aspect ratio 1 (a third of the time)
-    or log-uniform up to `max_aspect`, either orientation; the short side at least 32 px."""
-    long_side = math.exp(rng.uniform(math.log(long_side_range[0]), math.log(long_side_range[1])))
-    aspect = 1.0 if rng.uniform() < 1 / 3 else math.exp(rng.uniform(0, math.log(max_aspect)))
+def canvas_size(rng: np.random.Generator, scene: Scene) -> tuple[int, int]:
+    """(width, height): long side log-uniform in the scene's range, aspect ratio 1 (a third of the time)
+    or log-uniform up to its `max_aspect`, either orientation; the short side at least 32 px."""
+    long_side = math.exp(rng.uniform(math.log(scene.long_side[0]), math.log(scene.long_side[1])))
+    aspect = 1.0 if rng.uniform() < 1 / 3 else math.exp(rng.uniform(0, math.log(scene.max_aspect)))
     short_side = max(32, round(long_side / aspect))
     return (round(long_side), short_side) if rng.uniform() < 0.5 else (short_side, round(long_side))
 
@@ -320,18 +319,18 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, center: np.ndarray, radius
         draw.polygon(shape_points(shape, center, radius, angle, **proportions), fill=fill)
 
 
-def place(rng: np.random.Generator, size: tuple[int, int], count: int, extent: tuple[float, float] = (0.1, 0.9),
-          shown: float = 0.4) -> list[tuple[np.ndarray, float]]:
-    """(center, circumradius) per object: diameter in `extent` of the short side (at most 55% when
-    several), anywhere as long as `shown` of its radius stays inside (0.4: up to ~30% of it may be cut by
-    the edge), not overlapping."""
+def place(rng: np.random.Generator, size: tuple[int, int], count: int,
+          scene: Scene) -> list[tuple[np.ndarray, float]]:
+    """(center, circumradius) per object: diameter in the scene's `size` range of the short side (at most
+    55% when several), anywhere as long as its `shown` share of the radius stays inside (BROAD's 0.4: up to
+    ~30% of it may be cut by the edge), not overlapping."""
     short = min(size)
-    smallest, largest = extent[0], extent[1] if count == 1 else min(extent[1], 0.55)
+    smallest, largest = scene.size[0], scene.size[1] if count == 1 else min(scene.size[1], 0.55)
     placed: list[tuple[np.ndarray, float]] = []
     for _ in range(count):
         for _attempt in range(20):
             radius = short * rng.uniform(smallest, largest) / 2
-            margin = radius * rng.uniform(shown, 1.0)
+            margin = radius * rng.uniform(scene.shown, 1.0)
             center = np.array([rng.uniform(margin, size[0] - margin), rng.uniform(margin, size[1] - margin)])
             if all(np.hypot(*(center - c)) > 1.05 * (radius + r) for c, r in placed):
                 placed.append((center, radius))
@@ -343,13 +342,13 @@ def render(rng: np.random.Generator, things: tuple[Thing, ...],
            scene: Scene = BROAD) -> tuple[Image.Image, str, tuple[Thing, ...]]:
     """Draw the objects (those that fit without overlapping; always the first) on a contrasting
     background, then blur, noise and JPEG; returns (image, background kind, the objects drawn)."""
-    size = canvas_size(rng, scene.long_side, scene.max_aspect)
+    size = canvas_size(rng, scene)
     fills = [named_color(rng, t.color) for t in things]
     kind = scene.backgrounds[int(rng.integers(len(scene.backgrounds)))]
     colors = contrasting_colors(rng, fills, int(rng.integers(2, 5)), saturated=rng.uniform() < scene.saturated_p,
                                 contrast=scene.contrast)
     image = background(rng, kind, size, colors)
-    placed = place(rng, size, len(things), scene.size, scene.shown)
+    placed = place(rng, size, len(things), scene)
     for thing, fill, (center, radius) in zip(things, fills, placed, strict=False):
         mask = Image.new("L", size, 0)
         draw = ImageDraw.Draw(mask)
