@@ -219,3 +219,37 @@ def test_image_and_text_batches_of_every_model_on_a_device_share_one_model_threa
     results = run(engine, work)
     assert len(results) == 2 and len(seen) == 4  # an image and a text batch per model
     assert len(set(seen)) == 1 and seen[0].startswith("siglip-model-cpu"), seen
+
+
+class BudgetedBackend(FakeBackend):
+    """Reserves each image's pixels from the engine's decode budget, as the real decode does."""
+
+    PIXELS = 10
+
+    def prepare_image(self, source: bytes, *, budget=None):
+        with budget.reserve(self.PIXELS):
+            return super().prepare_image(source, budget=budget)
+
+
+def test_a_cancelled_request_stops_waiting_for_decode_memory_and_frees_its_decode_thread() -> None:
+    """A client gone while its image waits for the pixel budget: the waiting decode gives up instead of
+    decoding for nobody, and the only decode thread serves the next request."""
+    backend = BudgetedBackend()
+    engine = Engine({"fake": backend}, EngineConfig(decode_workers=1, max_decode_pixels=BudgetedBackend.PIXELS))
+
+    async def work(engine: Engine):
+        served = engine.resolve(None)
+        with engine.pixels.reserve(BudgetedBackend.PIXELS):  # another decode holds the whole budget
+            gone = asyncio.ensure_future(engine.embed(served, images(1), deadline=None))
+            await until(lambda: engine.pixels.waiting == 1, "the decode never waited for the budget")
+            gone.cancel()
+            await until(lambda: engine.pixels.waiting == 0, "the cancelled decode kept waiting")
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        embeds, _ = await engine.embed(served, images(2), deadline=None)
+        return embeds
+
+    embeds = run(engine, work)
+    assert embeds[0].tolist() == fakes.unit(2).tolist()
+    assert backend.prepared == [b"img:2"]  # image 1 was never decoded
+    assert engine.pixels.in_use == 0

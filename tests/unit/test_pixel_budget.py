@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from siglip_serve.preprocess.pixel_budget import PixelBudget
+from siglip_serve.preprocess.pixel_budget import DecodeCancelled, PixelBudget
 
 HANG_S = 30.0  # never reached unless the code under test is broken
 
@@ -141,3 +141,46 @@ def test_many_threads_never_exceed_the_budget() -> None:
     assert len(seen) == len(sizes)
     assert max(seen) <= 100
     assert budget.peak <= 100 and budget.in_use == 0 and budget.waiting == 0
+
+
+def test_a_cancelled_handle_stops_waiting_and_the_queue_moves_on() -> None:
+    """A request's handle shares the budget's pixels and queue; cancelling it ends its wait with
+    DecodeCancelled (and any later one at once) without touching other reservations."""
+    budget = PixelBudget(100)
+    log: list[str] = []
+    holder = Holder(budget, 100, log, "holder")
+    assert holder.acquired.wait(HANG_S)
+    request = budget.for_request()
+    outcome: list[str] = []
+
+    def wait_through_the_handle() -> None:
+        try:
+            with request.reserve(50):
+                outcome.append("decoded")
+        except DecodeCancelled:
+            outcome.append("cancelled")
+
+    waiter = threading.Thread(target=wait_through_the_handle, daemon=True)
+    waiter.start()
+    wait_until(lambda: budget.waiting == 1)
+    behind = Holder(budget, 100, log, "behind")  # queued after the handle's reservation
+    wait_until(lambda: budget.waiting == 2)
+    request.cancel()
+    waiter.join(HANG_S)
+    assert outcome == ["cancelled"] and budget.waiting == 1 and budget.in_use == 100
+    with pytest.raises(DecodeCancelled), request.reserve(0):
+        pass
+    holder.finish()
+    assert behind.acquired.wait(HANG_S) and log == ["holder", "behind"]
+    behind.finish()
+    assert budget.in_use == 0
+
+
+def test_reservations_through_handles_count_against_the_one_budget() -> None:
+    budget = PixelBudget(100)
+    first, second = budget.for_request(), budget.for_request()
+    with first.reserve(60), second.reserve(40):
+        assert budget.in_use == first.in_use == 100 and first.capacity == 100
+    assert budget.peak == 100
+    with pytest.raises(TypeError, match="for_request"):
+        budget.cancel()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -314,11 +314,22 @@ class Engine:
     async def _decode(self, served: ServedModel, item: Input, data: Any) -> Any:
         started = time.perf_counter()
         try:
-            prepared = await self._in_pool(lambda: served.backend.prepare_image(data, budget=self.pixels))
+            prepared = await self._decoding(lambda budget: served.backend.prepare_image(data, budget=budget))
         except SiglipServeError as exc:
             raise exc.at(item.param) from None
         self.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - started)
         return prepared
+
+    async def _decoding(self, decode: Callable[[PixelBudget], Any]) -> Any:
+        """`decode(budget)` in the decode pool, its pixels reserved from the shared budget through a
+        handle this request cancels when it is cancelled (client gone, deadline): a decode still waiting
+        for pixels then gives up (`DecodeCancelled`, read by no one) instead of decoding for nobody."""
+        budget = self.pixels.for_request()
+        try:
+            return await self._in_pool(decode, budget)
+        except asyncio.CancelledError:
+            budget.cancel()
+            raise
 
     def _in_pool(self, function: Any, *args: Any) -> Awaitable[Any]:
         assert self._pool is not None
@@ -413,8 +424,8 @@ class Engine:
         thumbnail = None
         if thumbnail_side is not None:
             try:  # the image decoded once already: a failure here costs the thumbnail, not the item
-                thumbnail = await self._in_pool(lambda: make_thumbnail(
-                    data, side=thumbnail_side, max_pixels=self.config.max_decode_pixels, budget=self.pixels))
+                thumbnail = await self._decoding(lambda budget: make_thumbnail(
+                    data, side=thumbnail_side, max_pixels=self.config.max_decode_pixels, budget=budget))
             except SiglipServeError:
                 thumbnail = None
         return PreparedItem(prepared, thumbnail)

@@ -19,61 +19,101 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+class DecodeCancelled(Exception):
+    """The request that was waiting for these pixels was cancelled: give up instead of decoding."""
+
+
+class _Ledger:
+    """The state every handle on one budget shares."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self.peak = 0
+        self.waiting: deque[object] = deque()  # one ticket per blocked `reserve`, oldest first
+        self.changed = threading.Condition()
+
+
 class PixelBudget:
     """At most `capacity` pixels reserved at once; `reserve` blocks until its pixels are free.
 
     A reservation larger than the whole budget is never refused (refusing is the per-image
     limit's job): it waits until the budget is entirely free, then holds all of it, so it
     runs alone. Thread-safe; meant for the worker threads that decode images.
+
+    `for_request()` gives a handle on the same budget that a request can `cancel()`: a decode
+    waiting through it then stops waiting and raises `DecodeCancelled`, so a client that went
+    away does not keep a decode thread blocked and then make it decode an image nobody wants.
     """
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"a pixel budget needs a capacity of at least 1, not {capacity}")
-        self.capacity = capacity
-        self._in_use = 0
-        self._peak = 0
-        self._waiting: deque[object] = deque()  # one ticket per blocked `reserve`, oldest first
-        self._changed = threading.Condition()
+        self._ledger = _Ledger(capacity)
+        self._cancelled: threading.Event | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self._ledger.capacity
 
     @property
     def in_use(self) -> int:
         """Pixels reserved now (an oversized reservation counts as the whole budget)."""
-        with self._changed:
-            return self._in_use
+        with self._ledger.changed:
+            return self._ledger.in_use
 
     @property
     def peak(self) -> int:
         """The most pixels reserved at the same time so far; never more than `capacity`."""
-        with self._changed:
-            return self._peak
+        with self._ledger.changed:
+            return self._ledger.peak
 
     @property
     def waiting(self) -> int:
         """Reservations blocked now, waiting for pixels to be released."""
-        with self._changed:
-            return len(self._waiting)
+        with self._ledger.changed:
+            return len(self._ledger.waiting)
+
+    def for_request(self) -> PixelBudget:
+        """A handle on this budget (same pixels, same queue) that `cancel()` applies to."""
+        handle = PixelBudget.__new__(PixelBudget)
+        handle._ledger, handle._cancelled = self._ledger, threading.Event()
+        return handle
+
+    def cancel(self) -> None:
+        """End the waits of this handle's reservations (now and later) with `DecodeCancelled`;
+        reservations already granted keep their pixels until their block exits."""
+        if self._cancelled is None:
+            raise TypeError("only a handle from for_request() can be cancelled, not the shared budget")
+        ledger = self._ledger
+        with ledger.changed:
+            self._cancelled.set()
+            ledger.changed.notify_all()
 
     @contextmanager
     def reserve(self, pixels: int) -> Iterator[None]:
         """Hold `pixels` of the budget for the duration of the block (released on any exit)."""
         if pixels < 0:
             raise ValueError(f"cannot reserve a negative number of pixels ({pixels})")
-        charge = min(pixels, self.capacity)  # an oversized reservation takes the whole budget
+        ledger, cancelled = self._ledger, self._cancelled
+        charge = min(pixels, ledger.capacity)  # an oversized reservation takes the whole budget
         ticket = object()
-        with self._changed:
-            self._waiting.append(ticket)
+        with ledger.changed:
+            ledger.waiting.append(ticket)
             try:
-                self._changed.wait_for(lambda: self._waiting[0] is ticket and self._in_use + charge <= self.capacity)
+                ledger.changed.wait_for(lambda: (cancelled is not None and cancelled.is_set())
+                                        or (ledger.waiting[0] is ticket and ledger.in_use + charge <= ledger.capacity))
             finally:
-                # Leave the queue whether we got the pixels or were interrupted, and wake the next in line.
-                self._waiting.remove(ticket)
-                self._changed.notify_all()
-            self._in_use += charge
-            self._peak = max(self._peak, self._in_use)
+                # Leave the queue whether we got the pixels, were cancelled or interrupted; wake the next in line.
+                ledger.waiting.remove(ticket)
+                ledger.changed.notify_all()
+            if cancelled is not None and cancelled.is_set():
+                raise DecodeCancelled("the request was cancelled while its image waited for decode memory")
+            ledger.in_use += charge
+            ledger.peak = max(ledger.peak, ledger.in_use)
         try:
             yield
         finally:
-            with self._changed:
-                self._in_use -= charge
-                self._changed.notify_all()
+            with ledger.changed:
+                ledger.in_use -= charge
+                ledger.changed.notify_all()
