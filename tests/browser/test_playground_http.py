@@ -30,9 +30,9 @@ def test_the_page_is_served_with_a_policy_that_keeps_it_on_this_server(http: htt
 
 
 def test_every_shipped_file_is_served_with_its_type(http: httpx.Client) -> None:
-    assert {"index.html", "style.css", "js/main.js", "js/api.js"} <= set(ASSETS)
+    assert {"index.html", "style.css", "js/main.js", "js/api.js"} <= set(ASSETS.files)
     types = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
-    for name, path in ASSETS.items():
+    for name, path in ASSETS.files.items():
         response = http.get(f"/playground/{name}")
         assert response.status_code == 200, name
         assert response.headers["content-type"].split(";")[0] == types[path.suffix], name
@@ -41,10 +41,10 @@ def test_every_shipped_file_is_served_with_its_type(http: httpx.Client) -> None:
 
 def test_modules_import_only_files_that_are_shipped() -> None:
     """A module importing a file missing from the package would break the page only in a browser."""
-    for name, path in ASSETS.items():
+    for name, path in ASSETS.files.items():
         if name.endswith(".js"):
             for target in re.findall(r'from "\./([\w.-]+)"', path.read_text()):
-                assert f"js/{target}" in ASSETS, (name, target)
+                assert f"js/{target}" in ASSETS.files, (name, target)
 
 
 @pytest.mark.parametrize("path", ["/playground/nothing.js", "/playground/../pyproject.toml",

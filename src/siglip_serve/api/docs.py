@@ -3,9 +3,8 @@
 FastAPI's own pages load Swagger UI's and ReDoc's scripts from a CDN (and ReDoc's fonts from Google), so they
 are blank offline. These are the same pages (`get_swagger_ui_html`, `get_redoc_html`) pointed at the files
 vendored in ``static/docs`` (its README names the versions, sources and licenses) and served under
-``/docs/assets/``. As for the playground, the files are looked up in a table built at import, so a request
-path never reaches the filesystem. `api.security` treats the assets as it treats /docs: open unless
---protect-docs-and-metrics.
+``/docs/assets/`` by name only (`api.shipped_files`), as the playground's are. `api.security` treats the
+assets as it treats /docs: open unless --protect-docs-and-metrics.
 """
 
 from __future__ import annotations
@@ -15,10 +14,9 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
-from siglip_serve.api.errors import error_response
-from siglip_serve.errors import shown
+from siglip_serve.api.shipped_files import ShippedFiles
 
 STATIC_DIR = Path(__file__).parent / "static" / "docs"
 DOCS_URL = "/docs"
@@ -27,8 +25,7 @@ ASSETS_PREFIX = "/docs/assets"
 MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".png": "image/png",
                ".txt": "text/plain; charset=utf-8", ".LICENSE": "text/plain; charset=utf-8",
                ".NOTICE": "text/plain; charset=utf-8"}
-ASSETS: dict[str, Path] = {path.name: path for path in sorted(STATIC_DIR.iterdir())
-                           if path.is_file() and path.suffix in MEDIA_TYPES}
+ASSETS = ShippedFiles(STATIC_DIR, MEDIA_TYPES, what="docs file", headers={"Cache-Control": "no-cache"})
 BEARER = "bearer"
 # The pages fetch, show and call only this server. ReDoc 2's sidebar always shows Redocly's logo from its CDN
 # (hidden again if it fails to load): the policy stops that request before it leaves the browser. Scripts and
@@ -74,10 +71,7 @@ async def redoc(request: Request) -> HTMLResponse:
 
 @router.get(ASSETS_PREFIX + "/{name}")
 async def asset(name: str) -> Response:
-    found = ASSETS.get(name)
-    if found is None:
-        return error_response(404, f"no docs file {shown(name)}", type_="not_found_error")
-    return FileResponse(found, media_type=MEDIA_TYPES[found.suffix], headers={"Cache-Control": "no-cache"})
+    return ASSETS.response(name)
 
 
 def install_docs(app: FastAPI) -> None:

@@ -1,7 +1,7 @@
 """The playground: a static page at ``/`` and ``/playground`` that drives the public API from the browser.
 
-Only files shipped in ``static/playground`` are served, looked up in a table built at import, so a
-request path never reaches the filesystem (no traversal, nothing outside the package). The page is
+Only files shipped in ``static/playground`` are served, by name only (`api.shipped_files`): a request
+path never reaches the filesystem (no traversal, nothing outside the package). The page is
 public static content; its API calls carry the key the user enters (``Authorization: Bearer``).
 Relative URLs throughout the page keep it working behind a proxy that mounts the server under a prefix.
 """
@@ -11,18 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 
-from siglip_serve.api.errors import error_response
-from siglip_serve.errors import shown
+from siglip_serve.api.shipped_files import ShippedFiles
 
 STATIC_DIR = Path(__file__).parent / "static" / "playground"
 PREFIX = "/playground"
 PAGE_PATHS = frozenset({"/", PREFIX})
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
-ASSETS: dict[str, Path] = {path.relative_to(STATIC_DIR).as_posix(): path for path in sorted(STATIC_DIR.rglob("*"))
-                           if path.is_file() and path.suffix in MEDIA_TYPES}
 # The page loads nothing from another origin and sends its requests only to this server; the browser
 # enforces it. Images are the user's own files (blob:, data:) and thumbnails (data:). Image URLs given for
 # classification are fetched by the server, never previewed by the browser.
@@ -30,6 +27,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'se
                            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+ASSETS = ShippedFiles(STATIC_DIR, MEDIA_TYPES, what="playground file", recursive=True, headers=HEADERS)
 
 router = APIRouter(include_in_schema=False)
 
@@ -40,10 +38,7 @@ def is_playground_path(path: str) -> bool:
 
 
 def asset(name: str) -> Response:
-    found = ASSETS.get(name)
-    if found is None:
-        return error_response(404, f"no playground file {shown(name)}", type_="not_found_error")
-    return FileResponse(found, media_type=MEDIA_TYPES[found.suffix], headers=HEADERS)
+    return ASSETS.response(name)
 
 
 @router.get("/")
