@@ -115,6 +115,8 @@ def test_paper_initial_temperature() -> None:
     assert INIT_LOGIT_BIAS == -10.0
 
 
+# The schedule is stepped without an optimizer step on purpose: only the rates it sets are checked.
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")
 def test_temperature_learns_at_its_own_rate_without_weight_decay(tmp_path: Path) -> None:
     options = tiny_options(tmp_path, lr=1e-3, temperature_lr_scale=10.0, weight_decay=0.1)
     module = scratch_setup(options, caption_corpus()).module
