@@ -93,13 +93,12 @@ def medium_scene():
 def probe(run: Run, args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
-    from transformers import SiglipConfig, SiglipModel
 
     from siglip_serve.preprocess.images import ImageTransform
     from siglip_serve.training.data import dihedral, draw_pool, normalize_pixels
     from siglip_serve.training.options import Architecture
     from siglip_serve.training.shapes import BROAD, COLORS, EASY, SHAPES
-    from siglip_serve.training.train import BICUBIC, seed_everything, sincos_2d
+    from siglip_serve.training.train import BICUBIC, new_module, seed_everything, training_attention
 
     colors = list(COLORS)
     arch = Architecture(**run.overrides)
@@ -110,11 +109,10 @@ def probe(run: Run, args: argparse.Namespace) -> dict:
         pixels, facts = draw_pool(transform, args.seed, args.pool, scene, args.threads, False)
         own_pixels, own_facts = draw_pool(transform, args.seed + 1_000, args.eval_images, scene, 1, False)
 
-    # The trainer's initialization: transformers' SiglipModel init, 2-D sin-cos position embeddings.
-    tower = SiglipModel._from_config(SiglipConfig(**arch.config(64)), attn_implementation="eager").vision_model
-    with torch.no_grad():
-        grid = arch.image_size // arch.patch_size
-        tower.embeddings.position_embedding.weight.copy_(sincos_2d(grid, arch.vision_width))
+    # The trainer's own initialization, and its attention kernel under bf16 autocast on the CPU.
+    model = new_module(arch, 64)
+    model.set_attn_implementation(training_attention(torch.device("cpu"), bf16=True))
+    tower = model.vision_model
     head = torch.nn.Linear(arch.vision_width, len(SHAPES) + len(colors))
     params = [*tower.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=1e-4)

@@ -34,7 +34,7 @@ from siglip_serve.training.checkpoint_files import (
 )
 from siglip_serve.training.data import Batch, BatchSource, CaptionsSource, ShapesPool, read_captions
 from siglip_serve.training.loss import INIT_LOGIT_BIAS, INIT_LOGIT_SCALE, sigmoid_loss
-from siglip_serve.training.options import TrainOptions
+from siglip_serve.training.options import Architecture, TrainOptions
 from siglip_serve.training.shapes import caption_corpus
 
 BICUBIC = 3  # PIL filter id, as in google/siglip-* preprocessor_config.json ("resample": 3)
@@ -65,8 +65,6 @@ def seed_everything(seed: int) -> None:
 
 def scratch_setup(options: TrainOptions, corpus: list[str]) -> Setup:
     """A new tokenizer trained on `corpus` and a randomly initialized SiglipModel."""
-    from transformers import SiglipConfig, SiglipModel
-
     arch = options.architecture
     cleaning = TextCleaning.SIGLIP
     train_sentencepiece(options.out, [clean_text(text, cleaning) for text in corpus],
@@ -77,13 +75,21 @@ def scratch_setup(options: TrainOptions, corpus: list[str]) -> Setup:
     import sentencepiece
 
     vocab_size = sentencepiece.SentencePieceProcessor(model_file=str(options.out / "spiece.model")).get_piece_size()
+    return Setup(new_module(arch, vocab_size), tokenizer, transform)
+
+
+def new_module(arch: Architecture, vocab_size: int) -> torch.nn.Module:
+    """A randomly initialized SiglipModel of size `arch`: transformers' initialization, then the paper's
+    temperature and bias and 2-D sin-cos position embeddings."""
+    from transformers import SiglipConfig, SiglipModel
+
     module = SiglipModel._from_config(SiglipConfig(**arch.config(vocab_size)), attn_implementation="sdpa")
     with torch.no_grad():  # transformers initializes both to 0; the paper's values instead
         module.logit_scale.fill_(INIT_LOGIT_SCALE)
         module.logit_bias.fill_(INIT_LOGIT_BIAS)
         grid = arch.image_size // arch.patch_size
         module.vision_model.embeddings.position_embedding.weight.copy_(sincos_2d(grid, arch.vision_width))
-    return Setup(module, tokenizer, transform)
+    return module
 
 
 def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> torch.Tensor:
