@@ -73,8 +73,6 @@ def test_classify_names_color_and_shape(http: httpx.Client) -> None:
     assert sum(p == t for p, t in zip(predicted, truth, strict=True)) >= 11, list(zip(predicted, truth, strict=True))
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped demo weights predate the broad training generator "
-                                       "(issue 16): recall@1 0.71 on these drawings; retrain and drop this mark")
 def test_text_to_image_recall_at_1_through_rerank(http: httpx.Client) -> None:
     samples = one_per_combo(SEED)
     documents = [{"image": b64(png_bytes(s.image))} for s in samples]

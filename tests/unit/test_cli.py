@@ -325,7 +325,7 @@ def test_train_subcommand_trains_and_saves_a_loadable_checkpoint(tmp_path: Path,
 
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-DEMO_COMMAND = "siglip-serve train --out src/siglip_serve/demo/siglip-demo-shapes --bf16 --threads 2 --seed 0"
+DEMO_COMMAND = "siglip-serve train --out src/siglip_serve/demo/siglip-demo-shapes --threads 2 --seed 0"
 # Every flag `siglip-serve train` had before its flags were generated from the option fields.
 TRAIN_FLAGS = (
     "--out", "--data", "--init", "--from-scratch", "--pool-size", "--no-label-bank", "--steps", "--batch-size", "--lr",
@@ -333,6 +333,7 @@ TRAIN_FLAGS = (
     "--save-dtype", "--eval-images", "--no-progress", "--image-size", "--patch-size", "--vision-width",
     "--vision-layers", "--text-width", "--text-layers", "--head-dim", "--text-length", "--vocab-size", "--hidden-act",
     "--curriculum-steps", "--easy-pool-size",  # added with the curriculum (issue 16)
+    "--easy-steps", "--label-loss",  # added with the patch-8 recipe (issue 16)
 )
 
 
@@ -369,7 +370,7 @@ def test_every_train_option_has_a_flag_with_help_and_its_default(capsys, monkeyp
     assert info.value.code == 0
     entries = help_entries(capsys.readouterr().out)
     fields = option_fields()
-    assert len(fields) == 31  # 20 TrainOptions fields besides the architecture, 10 Architecture, 1 ReportOptions
+    assert len(fields) == 33  # 22 TrainOptions fields besides the architecture, 10 Architecture, 1 ReportOptions
     for field in fields:
         invocation, described = entries["--" + field.name.replace("_", "-")]
         if field.default is dataclasses.MISSING:
@@ -384,13 +385,13 @@ def test_every_train_option_has_a_flag_with_help_and_its_default(capsys, monkeyp
         assert len(described.removesuffix(note).strip()) > 10, invocation  # real help besides the default
     # A few spelled out rather than computed from the fields.
     assert entries["--lr"][1].endswith(" [default: 0.001]")
-    assert entries["--pool-size"][1].endswith(" [default: 40000]")
+    assert entries["--pool-size"][1].endswith(" [default: 20000]")
     assert entries["--threads"] == ("--threads THREADS", "torch threads. [default: torch's choice]")
     assert entries["--out"] == ("--out OUT", "Directory to write the checkpoint to. (required)")
     assert entries["--label-bank"][0] == "--label-bank, --no-label-bank"
     assert entries["--progress"][0] == "--progress, --no-progress"
     assert entries["--bf16"][0] == "--bf16, --no-bf16"
-    assert entries["--bf16"][1].endswith("stay float32. [default: False]")
+    assert entries["--bf16"][1].endswith("17x slower on an AVX2-only one. [default: False]")
     assert entries["--hidden-act"][0] == "--hidden-act {gelu,gelu_pytorch_tanh}"
     assert entries["--save-dtype"][0] == "--save-dtype {float32,float16}"
     assert entries["--init"][0] == "--init SPEC"
@@ -401,7 +402,7 @@ def test_every_existing_train_flag_spelling_still_parses() -> None:
     parser = train_parser()
     argv = [
         "--out", "o", "--data", "d.jsonl", "--init", "google/x", "--pool-size", "96", "--no-label-bank",
-        "--curriculum-steps", "5", "--easy-pool-size", "48",
+        "--curriculum-steps", "5", "--easy-pool-size", "48", "--easy-steps", "2", "--label-loss", "0.5",
         "--steps", "7", "--batch-size", "16", "--lr", "2e-4", "--weight-decay", "0.5", "--temperature-lr-scale", "3",
         "--warmup-steps", "2", "--seed", "5", "--threads", "3", "--device", "cpu", "--bf16", "--save-dtype", "float16",
         "--eval-images", "0", "--no-progress", "--image-size", "32", "--patch-size", "8", "--vision-width", "48",
@@ -412,8 +413,8 @@ def test_every_existing_train_flag_spelling_still_parses() -> None:
     args = parser.parse_args(argv)
     assert options_from_args(args) == TrainOptions(
         out=Path("o"), steps=7, batch_size=16, lr=2e-4, weight_decay=0.5, warmup_steps=2, grad_clip=1.0, seed=5,
-        data=Path("d.jsonl"), pool_size=96, label_bank=False, curriculum_steps=5, easy_pool_size=48,
-        temperature_lr_scale=3.0, init="google/x",
+        data=Path("d.jsonl"), pool_size=96, label_bank=False, curriculum_steps=5, easy_pool_size=48, easy_steps=2,
+        label_loss=0.5, temperature_lr_scale=3.0, init="google/x",
         architecture=Architecture(image_size=32, patch_size=8, vision_width=48, vision_layers=1, text_width=24,
                                   text_layers=3, head_dim=8, text_length=16, vocab_size=100, hidden_act="gelu"),
         save_dtype="float16", threads=3, device="cpu", bf16=True, progress=False,
@@ -437,28 +438,22 @@ def test_the_readme_command_gives_the_shipped_demo_options() -> None:
     assert DEMO_COMMAND in README.read_text()
     args = build_parser().parse_args(shlex.split(DEMO_COMMAND)[1:])
     expected = TrainOptions(
-        out=Path("src/siglip_serve/demo/siglip-demo-shapes"), steps=7500, batch_size=128, lr=1e-3,
-        weight_decay=1e-4, warmup_steps=300, grad_clip=1.0, seed=0, data=None, pool_size=40_000, label_bank=True,
-        curriculum_steps=5000, easy_pool_size=8000,
+        out=Path("src/siglip_serve/demo/siglip-demo-shapes"), steps=2700, batch_size=128, lr=1e-3,
+        weight_decay=1e-4, warmup_steps=300, grad_clip=1.0, seed=0, data=None, pool_size=20_000, label_bank=True,
+        curriculum_steps=3200, easy_pool_size=8000, easy_steps=1100, label_loss=10.0,
         temperature_lr_scale=None, init=None,
-        architecture=Architecture(image_size=64, patch_size=16, vision_width=128, vision_layers=4, text_width=32,
+        architecture=Architecture(image_size=96, patch_size=12, vision_width=128, vision_layers=4, text_width=32,
                                   text_layers=2, head_dim=64, text_length=64, vocab_size=256,
                                   hidden_act="gelu_pytorch_tanh"),
-        save_dtype="float32", threads=2, device="auto", bf16=True, progress=True,
+        save_dtype="float32", threads=2, device="auto", bf16=False, progress=True,
     )
     assert options_from_args(args) == expected
     assert from_args(ReportOptions, args) == ReportOptions(eval_images=240)
-    # The shipped model's record: made by this command, with these options (training.json omits `progress`),
-    # except what the curriculum recipe changed since (issue 16; README, "The demo model"): the shipped
-    # weights predate it and keep their record. A retrained model must match the defaults whole again.
+    # The shipped model's record: made by this command, with these options (training.json omits `progress`).
     record = json.loads((demo_model_dir() / "training.json").read_text())
     assert record["command"] == DEMO_COMMAND
     recorded = {**dataclasses.asdict(expected), "out": str(expected.out)}
     del recorded["progress"]
-    predates_the_curriculum = {"steps": 6300, "curriculum_steps": None, "easy_pool_size": None}
-    for name, value in predates_the_curriculum.items():
-        recorded[name] = value
-        record["options"].setdefault(name, None)
     assert record["options"] == recorded
 
 

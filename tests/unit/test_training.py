@@ -313,6 +313,10 @@ def test_the_curriculum_starts_on_easy_images_and_hands_over_to_the_broad_pool()
     transform = ImageTransform(height=32, width=32, resample=3)
     curriculum = ShapesPool(transform, seed=0, size=96, workers=1, easy_size=48, curriculum_steps=4)
     assert [curriculum.easy_share(step) for step in (0, 1, 2, 4, 9)] == [1.0, 0.75, 0.5, 0.0, 0.0]
+    held = ShapesPool(transform, seed=0, size=96, workers=1, easy_size=48, curriculum_steps=6, easy_steps=2)
+    assert [held.easy_share(step) for step in (0, 1, 2, 3, 4, 6, 9)] == [1.0, 1.0, 1.0, 0.75, 0.5, 0.0, 0.0]
+    only_easy = ShapesPool(transform, seed=0, size=96, workers=1, easy_size=48, curriculum_steps=3, easy_steps=3)
+    assert [only_easy.easy_share(step) for step in (0, 2, 3, 5)] == [1.0, 1.0, 0.0, 0.0]
     easy = [make_sample(0, i, scene=EASY) for i in range(48)]
     assert all(len(s.things) == 1 and s.background in EASY.backgrounds for s in easy)
     assert all(max(s.image.size) / min(s.image.size) <= EASY.max_aspect + 0.05 for s in easy)
@@ -386,6 +390,36 @@ def test_label_bank_adds_every_shape_color_and_combination_with_true_positives(p
         expected = len({t.shape for t in things}) + len({t.color for t in things}) + len(things)
         assert int(batch.positives[i, 16:].sum()) == expected
     assert banked.batch(step=1, size=16).captions[16:] != extra  # phrasings drawn anew per step
+
+
+def test_pool_batches_label_every_shape_and_color_of_each_image(pool: ShapesPool) -> None:
+    batch = pool.batch(step=0, size=16)
+    assert batch.labels is not None and batch.labels.shape == (16, len(SHAPES) + len(COLORS))
+    for row, position in zip(batch.labels.tolist(), range(16), strict=True):
+        things = pool.facts[pool.index(position)].things
+        named = {name for name, on in zip((*SHAPES, *COLORS), row, strict=True) if on == 1.0}
+        assert named == {t.shape for t in things} | {t.color for t in things}
+        assert set(row) <= {0.0, 1.0}
+
+
+def test_label_loss_trains_a_head_beside_the_towers_and_saves_only_the_towers(tmp_path: Path) -> None:
+    plain = train(tiny_options(tmp_path / "plain", steps=3, label_loss=0.0))
+    labelled = train(tiny_options(tmp_path / "labelled", steps=3, label_loss=1.0))
+    assert labelled.losses[0] > plain.losses[0]  # the first batch: the head's cross-entropy comes on top
+    # A new linear head gives logits near 0: a cross-entropy of about log 2 per label, summed over the labels.
+    assert labelled.losses[0] - plain.losses[0] == pytest.approx(len(SHAPES + tuple(COLORS)) * math.log(2), rel=0.15)
+    with safe_open(str(tmp_path / "labelled" / "model.safetensors"), "pt") as saved, \
+            safe_open(str(tmp_path / "plain" / "model.safetensors"), "pt") as reference:
+        keys = set(saved.keys())
+        assert keys == set(reference.keys())
+    assert not any("label" in key for key in keys)
+
+
+def test_label_loss_needs_the_shapes_dataset(tmp_path: Path, captioned_folder: Path) -> None:
+    options = tiny_options(tmp_path, label_loss=1.0, data=captioned_folder / "captions.jsonl")
+    result = train(options)  # caption files carry no labels: the plain sigmoid loss
+    assert json.loads((tmp_path / "training.json").read_text())["options"]["label_loss"] == 1.0
+    assert result.steps_done == options.steps
 
 
 # --- caption files --------------------------------------------------------------------------------
@@ -470,10 +504,9 @@ def test_bf16_cpu_training_runs_eager_attention_and_the_saved_model_serves_with_
     assert isinstance(towers.module, SiglipModel)  # served by our modules, whose attention is always SDPA
 
 
-def test_training_attention_is_eager_only_on_the_cpu_under_bf16() -> None:
-    assert training_attention(torch.device("cpu"), bf16=True) == "eager"
-    assert training_attention(torch.device("cpu"), bf16=False) == "sdpa"
-    assert training_attention(torch.device("cuda"), bf16=True) == "sdpa"
+def test_training_attention_is_eager_on_the_cpu_and_sdpa_elsewhere() -> None:
+    assert training_attention(torch.device("cpu")) == "eager"
+    assert training_attention(torch.device("cuda")) == "sdpa"
 
 
 def test_scratch_tokenizer_is_laid_out_like_google_siglip(tmp_path: Path) -> None:

@@ -26,8 +26,10 @@ from siglip_serve.preprocess.images import ImageTransform, load_image
 from siglip_serve.preprocess.text import TextCleaning, clean_text
 from siglip_serve.training.shapes import (
     BROAD,
+    COLORS,
     COMBOS,
     EASY,
+    SHAPES,
     Caption,
     Scene,
     Thing,
@@ -46,6 +48,11 @@ class Batch:
     pixel_values: torch.Tensor  # [B, 3, H, W] float32
     captions: list[str]  # T >= B: caption i was drawn for image i; any after B are extra texts
     positives: torch.Tensor  # [B, T] bool: caption j describes image i
+    labels: torch.Tensor | None = None  # [B, len(LABELS)] float: 1 where image i shows the label (shapes data)
+
+
+# What the shapes dataset's label head predicts (`TrainOptions.label_loss`): every shape, then every color.
+LABELS = (*SHAPES, *COLORS)
 
 
 class BatchSource(Protocol):
@@ -83,6 +90,12 @@ class ShapeFacts:
     @property
     def mask(self) -> int:
         return sum({COMBO_BIT[(t.color, t.shape)] for t in self.things})
+
+    @property
+    def label_row(self) -> list[float]:
+        """Multi-hot over LABELS: each shape and each color of any object in the image."""
+        present = {t.shape for t in self.things} | {t.color for t in self.things}
+        return [1.0 if label in present else 0.0 for label in LABELS]
 
 
 @cache
@@ -125,21 +138,26 @@ class ShapesPool:
     recipe's held-out shape accuracy went from 94.3% to 95.5% (README, "The demo model").
 
     With `curriculum_steps`, a second, smaller pool of easy images (`shapes.EASY`: one large shape on a
-    plain background) makes up the whole of batch 0, a share falling linearly to none at that step,
-    and the broad pool the rest.
+    plain background) makes up the whole of each batch until `easy_steps`, then a share falling linearly
+    to none at `curriculum_steps`, and the broad pool the rest.
     """
 
     def __init__(self, transform: ImageTransform, *, seed: int = 0, size: int = 40_000, workers: int = 2,
-                 label_bank: bool = False, easy_size: int = 0, curriculum_steps: int = 0,
+                 label_bank: bool = False, easy_size: int = 0, curriculum_steps: int = 0, easy_steps: int = 0,
                  progress: bool = False) -> None:
         self.transform, self.seed, self.label_bank = transform, seed, label_bank
         self.curriculum_steps = curriculum_steps if easy_size else 0
+        self.easy_steps = min(easy_steps, self.curriculum_steps)
         self.pixels, self.facts = draw_pool(transform, seed, size, BROAD, workers, progress)
         self.easy_pixels, self.easy_facts = (draw_pool(transform, seed, easy_size, EASY, workers, progress)
                                              if self.curriculum_steps else (self.pixels[:0], []))
 
     def easy_share(self, step: int) -> float:
-        return max(0.0, 1.0 - step / self.curriculum_steps) if self.curriculum_steps else 0.0
+        if step >= self.curriculum_steps:
+            return 0.0
+        if step < self.easy_steps:
+            return 1.0
+        return max(0.0, 1.0 - (step - self.easy_steps) / (self.curriculum_steps - self.easy_steps))
 
     def __len__(self) -> int:
         return len(self.facts)
@@ -161,7 +179,7 @@ class ShapesPool:
         # any circle). Treating them as negatives, as a plain identity target would, teaches the model
         # to push apart what it should pull together; so every true description is a positive.
         return Batch(normalize_pixels(pixels, self.transform), [c.text for c in captions],
-                     describes_matrix(captions, facts))
+                     describes_matrix(captions, facts), torch.tensor([f.label_row for f in facts]))
 
     def index(self, position: int) -> int:
         epoch, offset = divmod(position, len(self))

@@ -39,8 +39,8 @@ def option(default: Any = MISSING, *, help: str, choices: tuple[str, ...] | None
 class Architecture:
     """Size of a model trained from scratch. The defaults are the shipped siglip-demo-shapes."""
 
-    image_size: int = option(64, help="Input resolution in pixels (square).")
-    patch_size: int = option(16, help="ViT patch side in pixels.")
+    image_size: int = option(96, help="Input resolution in pixels (square).")
+    patch_size: int = option(12, help="ViT patch side in pixels.")
     vision_width: int = option(128, help="Hidden size of the vision tower; also the embedding size.")
     vision_layers: int = option(4, help="Transformer layers of the vision tower.")
     text_width: int = option(32, help="Hidden size of the text tower (projected to --vision-width).")
@@ -73,7 +73,7 @@ class Architecture:
 class TrainOptions:
     # The field order is that of training.json's "options": keep it, so that records stay comparable.
     out: Path = option(help="Directory to write the checkpoint to.")
-    steps: int = option(7500, help="Optimizer steps.")
+    steps: int = option(2700, help="Optimizer steps.")
     batch_size: int = option(128, help="Image-caption pairs per step.")
     lr: float = option(1e-3, help="Peak learning rate (AdamW), after a linear warmup and before a cosine decay to 0.")
     weight_decay: float = option(1e-4, help="AdamW weight decay of the weight matrices (not of norms, biases "
@@ -83,14 +83,21 @@ class TrainOptions:
     seed: int = option(0, help="Seed of the weights, the shapes drawn and the batch order.")
     data: Path | None = option(None, none_means="the built-in synthetic shapes dataset",
                                help="A .jsonl or .csv of `image` (path relative to the file) and `caption`.")
-    pool_size: int = option(40_000, help="Shapes dataset: images drawn up front and reused with flips, rotations "
+    pool_size: int = option(20_000, help="Shapes dataset: images drawn up front and reused with flips, rotations "
                                          "and new captions.")
     label_bank: bool = option(True, help="Shapes dataset: every batch also carries a caption per shape, color "
                                          "and combination.")
-    curriculum_steps: int = option(5000, help="Shapes dataset: easy images (one large shape on a small square "
-                                              "canvas with a plain background) make up all of the first batch, "
-                                              "a share falling linearly to none at this step (0: no curriculum).")
+    curriculum_steps: int = option(3200, help="Shapes dataset: easy images (one large shape on a small square "
+                                              "canvas with a plain background) make up all of each batch until "
+                                              "--easy-steps, then a share falling linearly to none at this step "
+                                              "(past --steps: some stay to the end; 0: no curriculum).")
     easy_pool_size: int = option(8000, help="Shapes dataset: easy images drawn up front for the curriculum.")
+    easy_steps: int = option(1100, help="Shapes dataset: steps of easy images only, before their share starts "
+                                     "falling towards --curriculum-steps.")
+    label_loss: float = option(10.0, help="Shapes dataset: weight of an extra training loss, a multi-label "
+                                         "cross-entropy of a linear head on the image embedding that names every "
+                                         "shape and color in the image, each label weighing what one "
+                                         "image-text pair does at 1; the head is not saved (0: off).")
     temperature_lr_scale: float | None = option(None, none_means="10 from scratch, 1 with --init",
                                                 help="Learning rate of the logit scale and bias, as a multiple "
                                                      "of --lr.")
@@ -105,8 +112,9 @@ class TrainOptions:
                              help="Precision of the saved tower weights (logit scale and bias stay float32).")
     threads: int | None = option(None, none_means="torch's choice", help="torch threads.")
     device: str = option("auto", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N.")
-    bf16: bool = option(False, help="bfloat16 autocast for the forward pass (faster on CPUs with AVX512-BF16 and "
-                                    "on GPUs); weights and optimizer stay float32.")
+    bf16: bool = option(False, help="bfloat16 autocast for the forward pass; weights and optimizer stay float32. "
+                                    "Measure first (bench/train_step.py): a demo step was 1.6x faster on an "
+                                    "AVX512-BF16 CPU and 17x slower on an AVX2-only one.")
     progress: bool = option(True, help="Show a progress bar.")
 
     @property

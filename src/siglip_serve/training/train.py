@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from siglip_serve.errors import UnsupportedModelError
 from siglip_serve.models.checkpoint import Checkpoint
@@ -32,7 +33,7 @@ from siglip_serve.training.checkpoint_files import (
     write_json,
     write_preprocessor_config,
 )
-from siglip_serve.training.data import Batch, BatchSource, CaptionsSource, ShapesPool, read_captions
+from siglip_serve.training.data import LABELS, Batch, BatchSource, CaptionsSource, ShapesPool, read_captions
 from siglip_serve.training.loss import INIT_LOGIT_BIAS, INIT_LOGIT_SCALE, sigmoid_loss
 from siglip_serve.training.options import Architecture, TrainOptions
 from siglip_serve.training.shapes import caption_corpus
@@ -128,18 +129,19 @@ def make_source(options: TrainOptions, setup: Setup) -> BatchSource:
     if options.data is None:
         return ShapesPool(setup.transform, seed=options.seed, size=options.pool_size, label_bank=options.label_bank,
                           easy_size=options.easy_pool_size, curriculum_steps=options.curriculum_steps,
+                          easy_steps=options.easy_steps,
                           workers=min(options.threads or torch.get_num_threads(), 8), progress=options.progress)
     items = read_captions(options.data)
     return CaptionsSource(items, setup.transform, setup.tokenizer.cleaning, seed=options.seed)
 
 
-def training_attention(device: torch.device, *, bf16: bool) -> str:
-    """Attention kernel for training. On the CPU under bf16 autocast, PyTorch's fused (flash)
-    attention backward is slower than transformers' eager matmul + softmax: a demo-model step
-    (17 and 64 tokens) takes ~1.6x as long with it, a base-224 step (196 tokens) as long
-    (bench/results/train_step.md). In float32, SDPA is as fast or faster. Serving, forward only,
-    keeps SDPA."""
-    return "eager" if device.type == "cpu" and bf16 else "sdpa"
+def training_attention(device: torch.device) -> str:
+    """Attention kernel for training. On the CPU, transformers' eager matmul + softmax: PyTorch's fused
+    attention backward is slower there for the demo's short sequences, under bf16 autocast (~1.6x a
+    step on an AVX512-BF16 EPYC) and in float32 too (239 against 177 ms a step at patch 16, 624
+    against 546 ms at patch 8, on an AVX2-only EPYC; bench/results/train_step.md). Elsewhere SDPA.
+    Serving, forward only, keeps SDPA."""
+    return "eager" if device.type == "cpu" else "sdpa"
 
 
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
@@ -153,7 +155,8 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def optimizer_for(module: torch.nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
+def optimizer_for(module: torch.nn.Module, options: TrainOptions,
+                  label_head: torch.nn.Module | None = None) -> torch.optim.Optimizer:
     """AdamW; weight decay on matrices only (not on norms, biases, logit_scale/bias).
 
     logit_scale and logit_bias learn 10x faster from scratch (`temperature_lr_scale`): the paper's
@@ -161,6 +164,8 @@ def optimizer_for(module: torch.nn.Module, options: TrainOptions) -> torch.optim
     how sharply the sigmoid tells similar labels apart. A fine-tuned checkpoint's is already trained.
     """
     named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    if label_head is not None:
+        named += list(label_head.named_parameters(prefix="label_head"))
     temperature = [p for name, p in named if name in ("logit_scale", "logit_bias")]
     others = [p for name, p in named if name not in ("logit_scale", "logit_bias")]
     groups = [
@@ -185,7 +190,10 @@ class TokenCache:
         return torch.stack([self.rows[c] for c in captions])
 
 
-def batch_loss(module: torch.nn.Module, batch: Batch, tokens: TokenCache, *, bf16: bool = False) -> torch.Tensor:
+def batch_loss(module: torch.nn.Module, batch: Batch, tokens: TokenCache, *, bf16: bool = False,
+               label_head: torch.nn.Module | None = None, label_loss: float = 0.0) -> torch.Tensor:
+    """The sigmoid loss of the batch; with a `label_head`, plus `label_loss` times its multi-label
+    cross-entropy on the batch's labels (see `new_label_head`)."""
     device = module.logit_scale.device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         image_embeds = module.vision_model(pixel_values=batch.pixel_values.to(device)).pooler_output
@@ -196,8 +204,29 @@ def batch_loss(module: torch.nn.Module, batch: Batch, tokens: TokenCache, *, bf1
         rows = torch.tensor([row_of[caption] for caption in batch.captions], device=device)
         # No attention mask, as SigLIP is trained and as we serve it (big_vision two_towers.py; transformers#28569).
         text_embeds = module.text_model(input_ids=tokens(distinct).to(device)).pooler_output[rows]
-    return sigmoid_loss(image_embeds.float(), text_embeds.float(), module.logit_scale, module.logit_bias,
+    loss = sigmoid_loss(image_embeds.float(), text_embeds.float(), module.logit_scale, module.logit_bias,
                         batch.positives.to(device))
+    if label_head is not None and batch.labels is not None:
+        logits = label_head(image_embeds.float())
+        # Summed over labels and averaged over images, as the sigmoid loss sums over texts: at weight 1
+        # a label weighs what one image-text pair does.
+        labels = F.binary_cross_entropy_with_logits(logits, batch.labels.to(device), reduction="sum") / len(logits)
+        loss = loss + label_loss * labels
+    return loss
+
+
+def new_label_head(options: TrainOptions, source: BatchSource) -> torch.nn.Module | None:
+    """A linear head from the image embedding to every shape and color (`data.LABELS`), trained beside
+    the sigmoid loss and then dropped: the saved model is the plain two towers.
+
+    Why: trained from scratch, the demo's vision tower learned shapes about twice as fast per step
+    under this direct cross-entropy (`bench/shape_probe.py`: 77% of `clean` shapes at step 1,500)
+    as through the contrastive loss alone (40% at the same step, README "What was tried"), where the
+    label texts it is compared with are themselves still being learned. Supervised labels and
+    image-text pairs in one objective: UniCL (Yang et al., CVPR 2022, arXiv:2204.03610)."""
+    if options.label_loss <= 0 or not isinstance(source, ShapesPool) or options.init:
+        return None
+    return torch.nn.Linear(options.architecture.vision_width, len(LABELS))
 
 
 def prefetched(source: BatchSource, steps: int, batch_size: int) -> Iterator[Batch]:
@@ -229,8 +258,11 @@ def train(options: TrainOptions, *, source: BatchSource | None = None, command: 
         setup = scratch_setup(options, corpus)
     source = source or make_source(options, setup)
     module = setup.module.to(resolve_device(options.device)).train()
-    module.set_attn_implementation(training_attention(module.logit_scale.device, bf16=options.bf16))
-    optimizer = optimizer_for(module, options)
+    module.set_attn_implementation(training_attention(module.logit_scale.device))
+    label_head = new_label_head(options, source)
+    if label_head is not None:
+        label_head.to(module.logit_scale.device).train()
+    optimizer = optimizer_for(module, options, label_head)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(options.warmup_steps, options.steps))
     tokens = TokenCache(setup.tokenizer)
     losses: list[float] = []
@@ -240,10 +272,12 @@ def train(options: TrainOptions, *, source: BatchSource | None = None, command: 
     batches = prefetched(source, options.steps, options.batch_size)
     try:
         for step, batch in enumerate(batches):
-            loss = batch_loss(module, batch, tokens, bf16=options.bf16)
+            loss = batch_loss(module, batch, tokens, bf16=options.bf16, label_head=label_head,
+                              label_loss=options.label_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), options.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]],
+                                           options.grad_clip)
             optimizer.step()
             schedule.step()
             losses.append(float(loss.detach()))
