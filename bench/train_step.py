@@ -145,7 +145,7 @@ def main() -> int:
                        steps=args.base_steps, warmup=1, round_size=min(2, args.base_steps))
         report.add("base_224", base)
         report.section("One fine-tuning step of base-224 (random weights)", common.markdown_table(base, COLUMNS))
-    report.note("`siglip-serve train` uses eager attention on the CPU under bf16 autocast, SDPA otherwise "
+    report.note("`siglip-serve train` uses eager attention on the CPU (in float32 too), SDPA elsewhere "
                 "(training.train.training_attention); serving, forward only, uses SDPA everywhere. "
                 "New models keep google's tanh GELU (`--hidden-act gelu` gives the exact one).")
     report.write(args.out_dir)
