@@ -137,10 +137,10 @@ def make_source(options: TrainOptions, setup: Setup) -> BatchSource:
 
 def training_attention(device: torch.device) -> str:
     """Attention kernel for training. On the CPU, transformers' eager matmul + softmax: PyTorch's fused
-    attention backward is slower there for the demo's short sequences, under bf16 autocast (~1.6x a
-    step on an AVX512-BF16 EPYC) and in float32 too (239 against 177 ms a step at patch 16, 624
-    against 546 ms at patch 8, on an AVX2-only EPYC; bench/results/train_step.md). Elsewhere SDPA.
-    Serving, forward only, keeps SDPA."""
+    attention backward is slower there for the demo's short sequences: under bf16 autocast a step took
+    ~1.6x as long with it on an AVX512-BF16 EPYC, in float32 518 against 495 ms on an AVX2-only one
+    (bench/results/train_step.md, in git history for the first). Elsewhere SDPA. Serving, forward
+    only, keeps SDPA."""
     return "eager" if device.type == "cpu" else "sdpa"
 
 
