@@ -100,7 +100,7 @@ def probe(run: Run, args: argparse.Namespace) -> dict:
     import torch
 
     from siglip_serve.preprocess.images import ImageTransform
-    from siglip_serve.training.data import dihedral, draw_pool, normalize_pixels
+    from siglip_serve.training.data import LABELS, dihedral, draw_pool, normalize_pixels
     from siglip_serve.training.options import Architecture
     from siglip_serve.training.shapes import BROAD, COLORS, EASY, SHAPES
     from siglip_serve.training.train import BICUBIC, new_module, seed_everything, training_attention
@@ -118,7 +118,7 @@ def probe(run: Run, args: argparse.Namespace) -> dict:
     model = new_module(arch, 64)
     model.set_attn_implementation(training_attention(torch.device("cpu")))
     tower = model.vision_model
-    head = torch.nn.Linear(arch.vision_width, len(SHAPES) + len(colors))
+    head = torch.nn.Linear(arch.vision_width, len(LABELS))  # shapes, then colors
     params = [*tower.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=1e-4)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 300))
@@ -137,11 +137,7 @@ def probe(run: Run, args: argparse.Namespace) -> dict:
         began = time.perf_counter()
         rows = rng.integers(len(facts), size=args.batch_size)
         batch = normalize_pixels(np.stack([dihedral(pixels[i], int(rng.integers(8))) for i in rows]), transform)
-        target = torch.zeros(args.batch_size, len(SHAPES) + len(colors))
-        for r, i in enumerate(rows):
-            for thing in facts[i].things:  # every object's shape and color is present
-                target[r, SHAPES.index(thing.shape)] = 1
-                target[r, len(SHAPES) + colors.index(thing.color)] = 1
+        target = torch.tensor([facts[i].label_row for i in rows])  # every object's shape and color: LABELS
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             logits = head(tower(pixel_values=batch).pooler_output)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)

@@ -416,10 +416,13 @@ def test_label_loss_trains_a_head_beside_the_towers_and_saves_only_the_towers(tm
 
 
 def test_label_loss_needs_the_shapes_dataset(tmp_path: Path, captioned_folder: Path) -> None:
-    options = tiny_options(tmp_path, label_loss=1.0, data=captioned_folder / "captions.jsonl")
-    result = train(options)  # caption files carry no labels: the plain sigmoid loss
-    assert json.loads((tmp_path / "training.json").read_text())["options"]["label_loss"] == 1.0
-    assert result.steps_done == options.steps
+    captions = captioned_folder / "captions.jsonl"
+    options = tiny_options(tmp_path / "labelled", steps=4, label_loss=1.0, data=captions)
+    result = train(options)
+    plain = train(tiny_options(tmp_path / "plain", steps=4, label_loss=0.0, data=captions))
+    # Caption files carry no labels: no head, and the very losses of the plain sigmoid loss.
+    assert result.losses == plain.losses
+    assert json.loads((tmp_path / "labelled" / "training.json").read_text())["options"]["label_loss"] == 1.0
 
 
 # --- caption files --------------------------------------------------------------------------------

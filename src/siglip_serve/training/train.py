@@ -223,7 +223,10 @@ def new_label_head(options: TrainOptions, source: BatchSource) -> torch.nn.Modul
     under this direct cross-entropy (`bench/shape_probe.py`: 77% of `clean` shapes at step 1,500)
     as through the contrastive loss alone (40% at the same step, README "What was tried"), where the
     label texts it is compared with are themselves still being learned. Supervised labels and
-    image-text pairs in one objective: UniCL (Yang et al., CVPR 2022, arXiv:2204.03610)."""
+    image-text pairs in one objective: UniCL (Yang et al., CVPR 2022, arXiv:2204.03610).
+
+    None for caption files (no labels) and with --init (the head is sized by --vision-width, which
+    describes a model trained from scratch, not the checkpoint being fine-tuned)."""
     if options.label_loss <= 0 or not isinstance(source, ShapesPool) or options.init:
         return None
     return torch.nn.Linear(options.architecture.vision_width, len(LABELS))
@@ -261,7 +264,7 @@ def train(options: TrainOptions, *, source: BatchSource | None = None, command: 
     module.set_attn_implementation(training_attention(module.logit_scale.device))
     label_head = new_label_head(options, source)
     if label_head is not None:
-        label_head.to(module.logit_scale.device).train()
+        label_head.to(module.logit_scale.device)
     optimizer = optimizer_for(module, options, label_head)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(options.warmup_steps, options.steps))
     tokens = TokenCache(setup.tokenizer)
