@@ -23,6 +23,7 @@ accuracy; bfloat16 vs float32; the checkpoint's size and its training record.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from collections import Counter
 from pathlib import Path
@@ -87,6 +88,28 @@ def _accuracy(scores, labels: list[str], truth: list[str]) -> float:
     return sum(labels[int(i)] == t for i, t in zip(scores.argmax(1), truth, strict=True)) / len(truth)
 
 
+SIZE_BINS = (0.0, 1.0, 1.5, 2.0, 3.0, 4.0, float("inf"))  # the shape's diameter in patches of the model's input
+
+
+def by_size(model, embeds, samples, set_name: str) -> list[dict]:
+    """6-way shape top-1 by how large the shape is in the model's input, in patches (`extent_at`): where
+    a model fails, small shapes on large canvases or every shape."""
+    from siglip_serve.model import DEFAULT_TEMPLATE
+    from siglip_serve.training.shapes import SHAPES
+
+    labels = list(SHAPES)
+    scores = model.logits(embeds, model.embed_labels(labels, DEFAULT_TEMPLATE))
+    right = [labels[int(i)] == s.shape for i, s in zip(scores.argmax(dim=1), samples, strict=True)]
+    patches = [s.extent_at(model.info.image_size) / model.info.patch_size for s in samples]
+    rows = []
+    for low, high in itertools.pairwise(SIZE_BINS):
+        hits = [ok for ok, size in zip(right, patches, strict=True) if low <= size < high]
+        if hits:
+            rows.append({"set": set_name, "patches": f"{low:g}-{high:g}", "images": len(hits),
+                         "shape_top1": sum(hits) / len(hits)})
+    return rows
+
+
 def per_class(model, embeds, samples, set_name: str) -> list[dict]:
     """Accuracy per color and per shape, for the 8- and 6-way label sets."""
     from siglip_serve.model import DEFAULT_TEMPLATE
@@ -122,13 +145,16 @@ def main() -> int:
                 for name in HELD_OUT_SETS}
         sets["training generator (in-distribution)"] = held_out(args.images, seed=args.seed)
     started = time.perf_counter()
-    rows, classes = [], []
+    rows, classes, sizes = [], [], []
     with stage("zero-shot accuracy"):
         for name, samples in sets.items():
             accuracy = zero_shot_accuracy(model, samples)
             passed = {key: getattr(accuracy, key) >= bar for key, bar in TARGETS.items()}
             rows.append({"set": name, **accuracy.as_dict(), "meets_targets": all(passed.values())})
-            classes += per_class(model, model.embed_images([s.image for s in samples]), samples, name)
+            embeds = model.embed_images([s.image for s in samples])
+            classes += per_class(model, embeds, samples, name)
+            if name.startswith("heldout_shapes") and name != "heldout_shapes clean":
+                sizes += by_size(model, embeds, samples, name)
     with stage("rerank recall@1"):
         recall = []
         for name, samples in sets.items():
@@ -148,6 +174,7 @@ def main() -> int:
     report.add("targets", TARGETS)
     report.add("recall_at_1", recall)
     report.add("per_class", classes)
+    report.add("by_size", sizes)
     report.add("model", {"directory": str(args.model), "bytes": sum(files.values()), "files": files,
                          "parameters": params, "logit_scale": temperature.logit_scale,
                          "logit_bias": temperature.logit_bias})
@@ -165,6 +192,12 @@ def main() -> int:
                    f"{RECALL_BAR:.0%})", common.markdown_table(
                        recall, [("set", "set", ""), ("groups", "groups of 48", "d"),
                                 ("recall_at_1", "recall@1", ".1%")]))
+    info = model.info
+    report.section(f"Shapes by size: 6-way top-1 by the shape's extent (twice its circumradius) in the model's "
+                   f"{info.image_size} px input, in {info.patch_size} px patches (along the canvas's long side, "
+                   f"after the squash resize)",
+                   common.markdown_table(sizes, [("set", "set", ""), ("patches", "patches", ""),
+                                                 ("images", "images", "d"), ("shape_top1", "6 shapes", ".1%")]))
     report.section("Per class", common.markdown_table(classes, [
         ("set", "set", ""), ("attribute", "label set", ""), ("label", "label", ""), ("images", "images", "d"),
         ("top1", "top-1", ".1%")]))

@@ -79,6 +79,13 @@ class HeldOutSample:
     image: Image.Image
     color: str
     shape: str
+    extent: float  # twice the shape's circumradius, in canvas pixels (a circle is drawn at 0.8 of it)
+    canvas: tuple[int, int]  # (width, height)
+
+    def extent_at(self, side: int) -> float:
+        """`extent` along the canvas's long side once squash-resized to side x side: what a square-input
+        model sees of the shape (the long side shrinks most)."""
+        return self.extent * side / max(self.canvas)
 
 
 def held_out_images(count: int, *, preset: str = "sdf", seed: int = 7) -> list[HeldOutSample]:
@@ -89,11 +96,13 @@ def held_out_images(count: int, *, preset: str = "sdf", seed: int = 7) -> list[H
         order = np.random.default_rng([seed, block, 11]).permutation(len(CLASSES))
         color, shape = CLASSES[int(order[position])]
         rng = np.random.default_rng([seed, index, 13])
-        samples.append(HeldOutSample(draw(rng, color, shape, PRESETS[preset]), color, shape))
+        image, extent = draw(rng, color, shape, PRESETS[preset])
+        samples.append(HeldOutSample(image, color, shape, extent, image.size))
     return samples
 
 
-def draw(rng: np.random.Generator, color: str, shape: str, preset: Preset) -> Image.Image:
+def draw(rng: np.random.Generator, color: str, shape: str, preset: Preset) -> tuple[Image.Image, float]:
+    """The image and the shape's extent (twice its circumradius) in canvas pixels."""
     width, height = preset.canvases[int(rng.integers(len(preset.canvases)))]
     fill = np.array(PALETTES[color][int(rng.integers(len(PALETTES[color])))], dtype=np.float32)
     canvas = backdrop(rng, preset.backgrounds[int(rng.integers(len(preset.backgrounds)))], width, height, fill)
@@ -118,7 +127,7 @@ def draw(rng: np.random.Generator, color: str, shape: str, preset: Preset) -> Im
         buffer = io.BytesIO()
         result.save(buffer, format="JPEG", quality=int(rng.integers(50, 91)), subsampling=int(rng.choice([0, 2])))
         result = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-    return result
+    return result, extent
 
 
 def backdrop(rng: np.random.Generator, kind: str, width: int, height: int, fill: np.ndarray) -> np.ndarray:

@@ -8,7 +8,6 @@ shares nothing with the training generator), "clean" preset: one filled shape on
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from heldout_generator import heldout_shapes
 from live import b64, live_server
 
 from siglip_serve.demo import DEMO_MODEL_NAME
@@ -31,11 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def one_per_combo(seed: int) -> list:
     """48 clean drawings from bench/heldout_shapes.py, one per (color, shape)."""
-    spec = importlib.util.spec_from_file_location("heldout_shapes", REPO / "bench" / "heldout_shapes.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module.held_out_images(48, preset="clean", seed=seed)
+    return heldout_shapes.held_out_images(48, preset="clean", seed=seed)
 
 
 def png_bytes(image) -> bytes:

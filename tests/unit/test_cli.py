@@ -325,7 +325,7 @@ def test_train_subcommand_trains_and_saves_a_loadable_checkpoint(tmp_path: Path,
 
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-DEMO_COMMAND = "siglip-serve train --out src/siglip_serve/demo/siglip-demo-shapes --threads 2 --seed 0"
+DEMO_COMMAND = "siglip-serve train --out src/siglip_serve/demo/siglip-demo-shapes --threads 2 --seed 0 --bf16"
 # Every flag `siglip-serve train` had before its flags were generated from the option fields.
 TRAIN_FLAGS = (
     "--out", "--data", "--init", "--from-scratch", "--pool-size", "--no-label-bank", "--steps", "--batch-size", "--lr",
@@ -438,14 +438,14 @@ def test_the_readme_command_gives_the_shipped_demo_options() -> None:
     assert DEMO_COMMAND in README.read_text()
     args = build_parser().parse_args(shlex.split(DEMO_COMMAND)[1:])
     expected = TrainOptions(
-        out=Path("src/siglip_serve/demo/siglip-demo-shapes"), steps=2700, batch_size=128, lr=1e-3,
+        out=Path("src/siglip_serve/demo/siglip-demo-shapes"), steps=3600, batch_size=128, lr=1e-3,
         weight_decay=1e-4, warmup_steps=300, grad_clip=1.0, seed=0, data=None, pool_size=20_000, label_bank=True,
-        curriculum_steps=3200, easy_pool_size=8000, easy_steps=1100, label_loss=10.0,
+        curriculum_steps=4400, easy_pool_size=8000, easy_steps=1100, label_loss=10.0,
         temperature_lr_scale=None, init=None,
         architecture=Architecture(image_size=96, patch_size=12, vision_width=128, vision_layers=4, text_width=32,
                                   text_layers=2, head_dim=64, text_length=64, vocab_size=256,
                                   hidden_act="gelu_pytorch_tanh"),
-        save_dtype="float32", threads=2, device="auto", bf16=False, progress=True,
+        save_dtype="float32", threads=2, device="auto", bf16=True, progress=True,
     )
     assert options_from_args(args) == expected
     assert from_args(ReportOptions, args) == ReportOptions(eval_images=240)

@@ -73,7 +73,7 @@ class Architecture:
 class TrainOptions:
     # The field order is that of training.json's "options": keep it, so that records stay comparable.
     out: Path = option(help="Directory to write the checkpoint to.")
-    steps: int = option(2700, help="Optimizer steps.")
+    steps: int = option(3600, help="Optimizer steps.")
     batch_size: int = option(128, help="Image-caption pairs per step.")
     lr: float = option(1e-3, help="Peak learning rate (AdamW), after a linear warmup and before a cosine decay to 0.")
     weight_decay: float = option(1e-4, help="AdamW weight decay of the weight matrices (not of norms, biases "
@@ -87,7 +87,7 @@ class TrainOptions:
                                          "and new captions.")
     label_bank: bool = option(True, help="Shapes dataset: every batch also carries a caption per shape, color "
                                          "and combination.")
-    curriculum_steps: int = option(3200, help="Shapes dataset: easy images (one large shape on a small square "
+    curriculum_steps: int = option(4400, help="Shapes dataset: easy images (one large shape on a small square "
                                               "canvas with a plain background) make up all of each batch until "
                                               "--easy-steps, then a share falling linearly to none at this step "
                                               "(past --steps: some stay to the end; 0: no curriculum).")
@@ -113,7 +113,7 @@ class TrainOptions:
     threads: int | None = option(None, none_means="torch's choice", help="torch threads.")
     device: str = option("auto", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N.")
     bf16: bool = option(False, help="bfloat16 autocast for the forward pass; weights and optimizer stay float32. "
-                                    "Measure first (bench/train_step.py): a demo step was 1.6x faster on an "
+                                    "Measure first (bench/train_step.py): a demo step was 1.5-2.0x faster on an "
                                     "AVX512-BF16 CPU and 17x slower on an AVX2-only one.")
     progress: bool = option(True, help="Show a progress bar.")
 
