@@ -88,7 +88,7 @@ def _accuracy(scores, labels: list[str], truth: list[str]) -> float:
     return sum(labels[int(i)] == t for i, t in zip(scores.argmax(1), truth, strict=True)) / len(truth)
 
 
-SIZE_BINS = (0.0, 1.0, 1.5, 2.0, 3.0, 4.0, float("inf"))  # the shape's diameter in patches of the model's input
+SIZE_BINS = (0.0, 1.0, 1.5, 2.0, 3.0, 4.0, float("inf"))  # a shape's extent in patches of the model's input
 
 
 def by_size(model, embeds, samples, set_name: str) -> list[dict]:

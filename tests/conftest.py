@@ -6,6 +6,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,16 @@ def siglip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session", params=["siglip1", "siglip2"])
 def checkpoint_dir(request: pytest.FixtureRequest) -> Path:
     return request.getfixturevalue(f"{request.param}_dir")
+
+
+@pytest.fixture
+def cpuinfo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """A fake /proc/cpuinfo for models/device_policy.py to read (write it before the code under test
+    runs); the cached answer is dropped before and after, so that the next reader sees the real CPU."""
+    from siglip_serve.models import device_policy
+
+    path = tmp_path / "cpuinfo"
+    monkeypatch.setattr(device_policy, "CPUINFO", path)
+    device_policy.cpu_has_native_bf16.cache_clear()
+    yield path
+    device_policy.cpu_has_native_bf16.cache_clear()

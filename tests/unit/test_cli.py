@@ -308,6 +308,27 @@ def test_the_demo_model_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- train ---------------------------------------------------------------------------------------
 
 
+AVX2_ONLY = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
+TINY_TRAIN = ("--steps", "1", "--batch-size", "8", "--pool-size", "48", "--easy-pool-size", "48", "--threads", "1",
+              "--device", "cpu", "--no-progress", "--eval-images", "0", "--image-size", "32", "--patch-size", "8",
+              "--vision-width", "32", "--vision-layers", "1", "--text-width", "32", "--text-layers", "1",
+              "--head-dim", "16")
+
+
+@pytest.mark.parametrize(("flags", "bf16_flag", "warned"), [
+    (AVX2_ONLY, "--bf16", True),  # emulated there: 17x slower (README, The demo model)
+    (AVX2_ONLY, "--no-bf16", False),
+    ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n", "--bf16", False),  # Zen 4
+])
+def test_train_warns_when_bf16_is_asked_of_a_cpu_without_bf16_instructions(
+        tmp_path: Path, capsys, cpuinfo: Path, flags: str, bf16_flag: str, warned: bool) -> None:
+    cpuinfo.write_text(flags)
+    code, _, stderr = run(capsys, "train", "--out", str(tmp_path / "m"), bf16_flag, *TINY_TRAIN)
+    assert code == 0
+    assert ("--bf16 on a CPU that lists no bf16 instructions" in stderr) is warned, stderr
+    assert json.loads((tmp_path / "m" / "training.json").read_text())["options"]["bf16"] is (bf16_flag == "--bf16")
+
+
 def test_train_subcommand_trains_and_saves_a_loadable_checkpoint(tmp_path: Path, capsys) -> None:
     out = tmp_path / "trained"
     code, stdout, _ = run(capsys, "train", "--out", str(out), "--steps", "2", "--batch-size", "8",

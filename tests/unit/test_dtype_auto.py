@@ -6,7 +6,6 @@ involved, so there is none to fake: the decision depends on the request and the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,10 @@ from test_dtypes import AMX_ONLY, ICE_LAKE, SAPPHIRE_RAPIDS, ZEN4
 
 import siglip_serve
 from siglip_serve.config import Settings
-from siglip_serve.models import device_policy
-from siglip_serve.models.device_policy import cpu_has_native_bf16, resolve_dtype, resolve_dtype_with_reason
+from siglip_serve.models.device_policy import resolve_dtype, resolve_dtype_with_reason
 from siglip_serve.server import build_engine
 
 CPUS = {"ice-lake": ICE_LAKE, "sapphire-rapids": SAPPHIRE_RAPIDS, "zen4": ZEN4, "amx-only": AMX_ONLY, "unknown": ""}
-
-
-@pytest.fixture
-def cpuinfo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "cpuinfo"
-    monkeypatch.setattr(device_policy, "CPUINFO", path)
-    cpu_has_native_bf16.cache_clear()
-    yield path
-    cpu_has_native_bf16.cache_clear()
 
 
 @pytest.mark.parametrize("cpu", list(CPUS))

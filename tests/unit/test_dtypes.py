@@ -4,7 +4,6 @@ sees it; named dtypes are used as given; bfloat16 stays close to float32; bad na
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from sample_images import sample_images
 
 import siglip_serve
 from siglip_serve.errors import InvalidParameterError
-from siglip_serve.models import device_policy
 from siglip_serve.models.device_policy import cpu_has_native_bf16, resolve_device, resolve_dtype
 
 # Abbreviated /proc/cpuinfo of real CPUs: an Ice Lake server (AVX-512, no bf16) and a Sapphire Rapids (bf16 + AMX).
@@ -24,16 +22,6 @@ SAPPHIRE_RAPIDS = ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Int
 ZEN4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\n"
 AMX_ONLY = "processor\t: 0\nflags\t\t: fpu amx_bf16 amx_tile\n\n"
 NEAR_MISS = "processor\t: 0\nflags\t\t: fpu avx512_bf16x bf16 amx_int8\n\n"  # no exact native-bf16 flag
-
-
-@pytest.fixture
-def cpuinfo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    """A fake /proc/cpuinfo for the policy to read; the cached answer is dropped before and after."""
-    path = tmp_path / "cpuinfo"
-    monkeypatch.setattr(device_policy, "CPUINFO", path)
-    cpu_has_native_bf16.cache_clear()
-    yield path
-    cpu_has_native_bf16.cache_clear()  # the next reader sees the real CPU again
 
 
 @pytest.mark.parametrize(("text", "native"), [(ICE_LAKE, False), (SAPPHIRE_RAPIDS, True), (ZEN4, True),

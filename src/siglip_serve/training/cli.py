@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from pathlib import Path
 
@@ -94,11 +95,14 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 def run_train(args: argparse.Namespace, *, command: str | None = None) -> int:
     """Train as the flags say; `command` (the command line) is recorded in training.json."""
     from siglip_serve.model import quiet_transformers
-    from siglip_serve.training.train import train
+    from siglip_serve.training.train import emulated_bf16_warning, train
 
     quiet_transformers()
     options = options_from_args(args)
     report = from_args(ReportOptions, args)
+    warning = emulated_bf16_warning(options)
+    if warning:
+        print(warning, file=sys.stderr)
     result = train(options, command=command)
     state = f"interrupted after {result.steps_done} steps" if result.interrupted else f"{result.steps_done} steps"
     tail = result.losses[-50:]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from siglip_serve.errors import UnsupportedModelError
 from siglip_serve.models.checkpoint import Checkpoint
-from siglip_serve.models.device_policy import resolve_device
+from siglip_serve.models.device_policy import cpu_has_native_bf16, resolve_device
 from siglip_serve.models.tokenizer_files import build_tokenizer
 from siglip_serve.preprocess.images import ImageTransform
 from siglip_serve.preprocess.text import FixedLengthTokenizer, TextCleaning, clean_text
@@ -142,6 +142,18 @@ def training_attention(device: torch.device) -> str:
     against 495 ms on an AVX2-only one (the same file, in git history). Elsewhere SDPA. Serving,
     forward only, keeps SDPA."""
     return "eager" if device.type == "cpu" else "sdpa"
+
+
+def emulated_bf16_warning(options: TrainOptions) -> str | None:
+    """What to tell a user who asked for --bf16 on a CPU that lists no bf16 instructions: there autocast
+    emulates bf16, and a demo step took 17x as long as in float32 (an AVX2-only EPYC, README "The demo
+    model"). A warning, not a switch: a listed flag does not make bf16 fast either (models/device_policy.py),
+    so the flag alone decides nothing; the user measures and chooses."""
+    if not options.bf16 or resolve_device(options.device).type != "cpu" or cpu_has_native_bf16():
+        return None
+    return ("warning: --bf16 on a CPU that lists no bf16 instructions (avx512_bf16, amx_bf16): autocast emulates "
+            "bfloat16 there, and a demo step took 17x as long as in float32 on such a CPU. Measure with "
+            "bench/train_step.py, or drop --bf16 (float32 trains a different model).")
 
 
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
