@@ -26,7 +26,6 @@ from siglip_serve.demo import DEMO_MODEL_NAME
 from siglip_serve.training.evaluate import combo_label
 
 SEED = 3_000_017
-REPO = Path(__file__).resolve().parents[2]
 
 
 def one_per_combo(seed: int) -> list:

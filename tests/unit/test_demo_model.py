@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +29,6 @@ from siglip_serve.training.shapes import COLORS, COMBOS, draw_shape
 TEST_SEED = 2_000_029  # neither training (seed 0) nor bench/demo_accuracy.py uses it
 HELD_OUT_SEED = 29  # heldout_shapes: bench/demo_accuracy.py uses 7
 MAX_BYTES = 10_000_000
-REPO = Path(__file__).resolve().parents[2]
 NOT_YET_REACHED = pytest.mark.xfail(
     strict=True, reason="the demo model does not reach this yet on the broad images (issue 16; "
                         "bench/results/demo_accuracy.md); a model that does must drop this mark")
