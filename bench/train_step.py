@@ -31,7 +31,7 @@ ROUND = 5  # timed steps of one kernel before switching to the other
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Smoke run: 2 timed steps per row.")
-    parser.add_argument("--batch-size", type=int, default=128, help="Images per step (the train default).")
+    parser.add_argument("--batch-size", type=int, default=64, help="Images per step (the train default).")
     parser.add_argument("--steps", type=int, default=60, help="Timed steps per row.")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)

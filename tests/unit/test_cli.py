@@ -355,6 +355,7 @@ TRAIN_FLAGS = (
     "--vision-layers", "--text-width", "--text-layers", "--head-dim", "--text-length", "--vocab-size", "--hidden-act",
     "--curriculum-steps", "--easy-pool-size",  # added with the curriculum (issue 16)
     "--easy-steps", "--label-loss",  # added with the patch-8 recipe (issue 16)
+    "--middle-pool-size", "--middle-share",  # added with the middle pool (issue 16, session 12)
 )
 
 
@@ -391,7 +392,7 @@ def test_every_train_option_has_a_flag_with_help_and_its_default(capsys, monkeyp
     assert info.value.code == 0
     entries = help_entries(capsys.readouterr().out)
     fields = option_fields()
-    assert len(fields) == 33  # 22 TrainOptions fields besides the architecture, 10 Architecture, 1 ReportOptions
+    assert len(fields) == 35  # 24 TrainOptions fields besides the architecture, 10 Architecture, 1 ReportOptions
     for field in fields:
         invocation, described = entries["--" + field.name.replace("_", "-")]
         if field.default is dataclasses.MISSING:
@@ -424,7 +425,7 @@ def test_every_existing_train_flag_spelling_still_parses() -> None:
     argv = [
         "--out", "o", "--data", "d.jsonl", "--init", "google/x", "--pool-size", "96", "--no-label-bank",
         "--curriculum-steps", "5", "--easy-pool-size", "48", "--easy-steps", "2", "--label-loss", "0.5",
-        "--steps", "7", "--batch-size", "16", "--lr", "2e-4", "--weight-decay", "0.5", "--temperature-lr-scale", "3",
+        "--middle-pool-size", "24", "--middle-share", "0.25", "--steps", "7", "--batch-size", "16", "--lr", "2e-4", "--weight-decay", "0.5", "--temperature-lr-scale", "3",
         "--warmup-steps", "2", "--seed", "5", "--threads", "3", "--device", "cpu", "--bf16", "--save-dtype", "float16",
         "--eval-images", "0", "--no-progress", "--image-size", "32", "--patch-size", "8", "--vision-width", "48",
         "--vision-layers", "1", "--text-width", "24", "--text-layers", "3", "--head-dim", "8", "--text-length", "16",
@@ -435,7 +436,7 @@ def test_every_existing_train_flag_spelling_still_parses() -> None:
     assert options_from_args(args) == TrainOptions(
         out=Path("o"), steps=7, batch_size=16, lr=2e-4, weight_decay=0.5, warmup_steps=2, grad_clip=1.0, seed=5,
         data=Path("d.jsonl"), pool_size=96, label_bank=False, curriculum_steps=5, easy_pool_size=48, easy_steps=2,
-        label_loss=0.5, temperature_lr_scale=3.0, init="google/x",
+        middle_pool_size=24, middle_share=0.25, label_loss=0.5, temperature_lr_scale=3.0, init="google/x",
         architecture=Architecture(image_size=32, patch_size=8, vision_width=48, vision_layers=1, text_width=24,
                                   text_layers=3, head_dim=8, text_length=16, vocab_size=100, hidden_act="gelu"),
         save_dtype="float16", threads=3, device="cpu", bf16=True, progress=False,
@@ -459,9 +460,10 @@ def test_the_readme_command_gives_the_shipped_demo_options() -> None:
     assert DEMO_COMMAND in README.read_text()
     args = build_parser().parse_args(shlex.split(DEMO_COMMAND)[1:])
     expected = TrainOptions(
-        out=Path("src/siglip_serve/demo/siglip-demo-shapes"), steps=3600, batch_size=128, lr=1e-3,
-        weight_decay=1e-4, warmup_steps=300, grad_clip=1.0, seed=0, data=None, pool_size=20_000, label_bank=True,
-        curriculum_steps=4400, easy_pool_size=8000, easy_steps=1100, label_loss=10.0,
+        out=Path("src/siglip_serve/demo/siglip-demo-shapes"), steps=6400, batch_size=64, lr=1e-3,
+        weight_decay=1e-4, warmup_steps=600, grad_clip=1.0, seed=0, data=None, pool_size=20_000, label_bank=True,
+        curriculum_steps=8800, easy_pool_size=8000, easy_steps=2200, middle_pool_size=8000, middle_share=0.4,
+        label_loss=10.0,
         temperature_lr_scale=None, init=None,
         architecture=Architecture(image_size=96, patch_size=12, vision_width=128, vision_layers=4, text_width=32,
                                   text_layers=2, head_dim=64, text_length=64, vocab_size=256,

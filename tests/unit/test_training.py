@@ -42,6 +42,7 @@ from siglip_serve.training.shapes import (
     COMBOS,
     EASY,
     LUMA,
+    MIDDLE,
     SHAPES,
     Caption,
     Contrast,
@@ -181,6 +182,19 @@ def test_canvases_vary_in_size_and_aspect_ratio_and_some_images_hold_several_sha
     assert 10 <= len(several) <= 50
     assert all(len({t.color for t in s.things}) == len(s.things) for s in several)  # colors differ
     assert all(len(make_sample(4, i, single=True).things) == 1 for i in range(48))
+
+
+def test_middle_scene_draws_whole_shapes_often_on_white_paper_never_a_white_shape_there() -> None:
+    samples = [make_sample(0, i, scene=MIDDLE) for i in range(96)]
+    assert all(max(s.image.size) / min(s.image.size) <= MIDDLE.max_aspect + 0.05 for s in samples)
+    assert all(1 <= len(s.things) <= 2 for s in samples)
+    on_paper = [s for s in samples if s.background == "paper"]
+    assert 16 <= len(on_paper) <= 48  # listed twice of six kinds: about a third
+    assert not any("white" in {t.color for t in s.things} for s in on_paper)
+    assert any(s.color == "white" for s in samples)  # white shapes are drawn, on other backgrounds
+    for sample in on_paper:  # the corner is background: near-white (JPEG, noise and blur move it a little)
+        corner = pixels(sample.image)[:3, :3].reshape(-1, 3).astype(float)
+        assert (corner.mean(axis=0) > 200).all(), sample.image.size
 
 
 def in_range(rgb: np.ndarray, name: str, slack: float = 0.05) -> np.ndarray:
@@ -329,6 +343,20 @@ def test_the_curriculum_starts_on_easy_images_and_hands_over_to_the_broad_pool()
 
     assert origins(0) == ["easy"] * 16
     assert origins(2) == ["easy"] * 8 + ["broad"] * 8
+
+    mixed = ShapesPool(transform, seed=0, size=96, workers=1, easy_size=48, curriculum_steps=4, middle_size=48,
+                       middle_share=0.25)
+    middle_rows = sources(mixed.middle_pixels, transform)
+    easy_rows, broad_rows = sources(mixed.easy_pixels, transform), sources(mixed.pixels, transform)
+
+    def mixed_origins(step: int) -> list[str]:
+        rows = [row.numpy().tobytes() for row in mixed.batch(step=step, size=16).pixel_values]
+        return ["easy" if row in easy_rows else "middle" if row in middle_rows else "broad" if row in broad_rows
+                else "neither" for row in rows]
+
+    assert mixed_origins(0) == ["easy"] * 16  # the easy phase is easy images only
+    assert mixed_origins(2) == ["easy"] * 8 + ["middle"] * 2 + ["broad"] * 6  # a quarter of the other 8
+    assert mixed_origins(5) == ["middle"] * 4 + ["broad"] * 12
     assert origins(4) == ["broad"] * 16
     # Without a curriculum a batch is the broad pool's, in its epoch order, as before.
     plain = ShapesPool(transform, seed=0, size=96, workers=1)

@@ -29,6 +29,7 @@ from siglip_serve.training.shapes import (
     COLORS,
     COMBOS,
     EASY,
+    MIDDLE,
     SHAPES,
     Caption,
     Scene,
@@ -140,17 +141,23 @@ class ShapesPool:
     With `curriculum_steps`, a second, smaller pool of easy images (`shapes.EASY`: one large shape on a
     plain background) makes up the whole of each batch until `easy_steps`, then a share falling linearly
     to none at `curriculum_steps`, and the broad pool the rest.
+
+    With `middle_share`, that share of every batch's other slots comes from a third pool (`shapes.MIDDLE`:
+    the range users send first), the broad pool the rest.
     """
 
     def __init__(self, transform: ImageTransform, *, seed: int = 0, size: int = 40_000, workers: int = 2,
                  label_bank: bool = False, easy_size: int = 0, curriculum_steps: int = 0, easy_steps: int = 0,
-                 progress: bool = False) -> None:
+                 middle_size: int = 0, middle_share: float = 0.0, progress: bool = False) -> None:
         self.transform, self.seed, self.label_bank = transform, seed, label_bank
         self.curriculum_steps = curriculum_steps if easy_size else 0
         self.easy_steps = min(easy_steps, self.curriculum_steps)
+        self.middle_share = middle_share if middle_size else 0.0
         self.pixels, self.facts = draw_pool(transform, seed, size, BROAD, workers, progress)
         self.easy_pixels, self.easy_facts = (draw_pool(transform, seed, easy_size, EASY, workers, progress)
                                              if self.curriculum_steps else (self.pixels[:0], []))
+        self.middle_pixels, self.middle_facts = (draw_pool(transform, seed, middle_size, MIDDLE, workers, progress)
+                                                 if self.middle_share else (self.pixels[:0], []))
 
     def easy_share(self, step: int) -> float:
         if step >= self.curriculum_steps:
@@ -165,11 +172,14 @@ class ShapesPool:
     def batch(self, step: int, size: int) -> Batch:
         rng = np.random.default_rng([self.seed, step, 4])
         easy = round(size * self.easy_share(step))
-        # The broad pool keeps its epoch order (positions of easy slots are skipped); easy images are drawn
-        # with replacement (a few thousand of them, each seen a few times).
+        middle = round((size - easy) * self.middle_share)
+        # The broad pool keeps its epoch order (positions of easy and middle slots are skipped); easy and
+        # middle images are drawn with replacement (a few thousand of them, each seen several times).
         sources = [(self.easy_pixels, self.easy_facts, int(i)) for i in
                    np.random.default_rng([self.seed, step, 6]).integers(len(self.easy_facts), size=easy)]
-        sources += [(self.pixels, self.facts, self.index(step * size + i)) for i in range(easy, size)]
+        sources += [(self.middle_pixels, self.middle_facts, int(i)) for i in
+                    np.random.default_rng([self.seed, step, 7]).integers(len(self.middle_facts), size=middle)]
+        sources += [(self.pixels, self.facts, self.index(step * size + i)) for i in range(easy + middle, size)]
         pixels = np.stack([dihedral(pool[i], int(rng.integers(8))) for pool, _, i in sources])
         facts = [facts[i] for _, facts, i in sources]
         captions = [make_caption(rng, f.things) for f in facts]

@@ -73,12 +73,12 @@ class Architecture:
 class TrainOptions:
     # The field order is that of training.json's "options": keep it, so that records stay comparable.
     out: Path = option(help="Directory to write the checkpoint to.")
-    steps: int = option(3600, help="Optimizer steps.")
-    batch_size: int = option(128, help="Image-caption pairs per step.")
+    steps: int = option(6400, help="Optimizer steps.")
+    batch_size: int = option(64, help="Image-caption pairs per step.")
     lr: float = option(1e-3, help="Peak learning rate (AdamW), after a linear warmup and before a cosine decay to 0.")
     weight_decay: float = option(1e-4, help="AdamW weight decay of the weight matrices (not of norms, biases "
                                             "or the logit scale and bias).")
-    warmup_steps: int = option(300, help="Steps of linear learning-rate warmup.")
+    warmup_steps: int = option(600, help="Steps of linear learning-rate warmup.")
     grad_clip: float = option(1.0, help="Largest gradient norm; larger gradients are scaled down to it.")
     seed: int = option(0, help="Seed of the weights, the shapes drawn and the batch order.")
     data: Path | None = option(None, none_means="the built-in synthetic shapes dataset",
@@ -87,13 +87,19 @@ class TrainOptions:
                                          "and new captions.")
     label_bank: bool = option(True, help="Shapes dataset: every batch also carries a caption per shape, color "
                                          "and combination.")
-    curriculum_steps: int = option(4400, help="Shapes dataset: easy images (one large shape on a small square "
+    curriculum_steps: int = option(8800, help="Shapes dataset: easy images (one large shape on a small square "
                                               "canvas with a plain background) make up all of each batch until "
                                               "--easy-steps, then a share falling linearly to none at this step "
                                               "(past --steps: some stay to the end; 0: no curriculum).")
     easy_pool_size: int = option(8000, help="Shapes dataset: easy images drawn up front for the curriculum.")
-    easy_steps: int = option(1100, help="Shapes dataset: steps of easy images only, before their share starts "
+    easy_steps: int = option(2200, help="Shapes dataset: steps of easy images only, before their share starts "
                                      "falling towards --curriculum-steps.")
+    middle_pool_size: int = option(8000, help="Shapes dataset: images of the middle range (shapes of 25-80% "
+                                              "of the short side, canvases up to 2:1, often on white) drawn "
+                                              "up front.")
+    middle_share: float = option(0.4, help="Shapes dataset: share of each batch's images not taken by the "
+                                           "curriculum's easy ones that come from the middle pool; the broad "
+                                           "pool gives the rest (0: off).")
     label_loss: float = option(10.0, help="Shapes dataset: weight of an extra training loss, a multi-label "
                                          "cross-entropy of a linear head on the image embedding that names every "
                                          "shape and color in the image, each label weighing what one "

@@ -129,7 +129,8 @@ def make_source(options: TrainOptions, setup: Setup) -> BatchSource:
     if options.data is None:
         return ShapesPool(setup.transform, seed=options.seed, size=options.pool_size, label_bank=options.label_bank,
                           easy_size=options.easy_pool_size, curriculum_steps=options.curriculum_steps,
-                          easy_steps=options.easy_steps,
+                          easy_steps=options.easy_steps, middle_size=options.middle_pool_size,
+                          middle_share=options.middle_share,
                           workers=min(options.threads or torch.get_num_threads(), 8), progress=options.progress)
     items = read_captions(options.data)
     return CaptionsSource(items, setup.transform, setup.tokenizer.cleaning, seed=options.seed)
@@ -138,7 +139,7 @@ def make_source(options: TrainOptions, setup: Setup) -> BatchSource:
 def training_attention(device: torch.device) -> str:
     """Attention kernel for training. On the CPU, transformers' eager matmul + softmax: PyTorch's fused
     attention backward is slower there for the demo's short sequences: under bf16 autocast a step took
-    485 against 348 ms with it on an AVX512-BF16 EPYC (bench/results/train_step.md), in float32 518
+    253 against 153 ms with it on an AVX512-BF16 EPYC (bench/results/train_step.md), in float32 518
     against 495 ms on an AVX2-only one (the same file, in git history). Elsewhere SDPA. Serving,
     forward only, keeps SDPA."""
     return "eager" if device.type == "cpu" else "sdpa"
