@@ -23,7 +23,7 @@ Which of these sets is like the hidden one: the first demo model (commit 555c556
 measured there at 48-way 64%, colors 90%, shapes 69%, scored alike on `clean` only
 (bench/results/demo_accuracy_first_model.md), by
 
-    git -C . archive 555c556 src/siglip_serve/demo/siglip-demo-shapes | tar -x -C /tmp/first
+    mkdir -p /tmp/first && git archive 555c556 src/siglip_serve/demo/siglip-demo-shapes | tar -x -C /tmp/first
     python bench/demo_accuracy.py --model /tmp/first/src/siglip_serve/demo/siglip-demo-shapes \
         --name demo_accuracy_first_model
 """

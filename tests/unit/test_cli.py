@@ -425,7 +425,8 @@ def test_every_existing_train_flag_spelling_still_parses() -> None:
     argv = [
         "--out", "o", "--data", "d.jsonl", "--init", "google/x", "--pool-size", "96", "--no-label-bank",
         "--curriculum-steps", "5", "--easy-pool-size", "48", "--easy-steps", "2", "--label-loss", "0.5",
-        "--middle-pool-size", "24", "--middle-share", "0.25", "--steps", "7", "--batch-size", "16", "--lr", "2e-4", "--weight-decay", "0.5", "--temperature-lr-scale", "3",
+        "--middle-pool-size", "24", "--middle-share", "0.25",
+        "--steps", "7", "--batch-size", "16", "--lr", "2e-4", "--weight-decay", "0.5", "--temperature-lr-scale", "3",
         "--warmup-steps", "2", "--seed", "5", "--threads", "3", "--device", "cpu", "--bf16", "--save-dtype", "float16",
         "--eval-images", "0", "--no-progress", "--image-size", "32", "--patch-size", "8", "--vision-width", "48",
         "--vision-layers", "1", "--text-width", "24", "--text-layers", "3", "--head-dim", "8", "--text-length", "16",

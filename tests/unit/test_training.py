@@ -357,6 +357,8 @@ def test_the_curriculum_starts_on_easy_images_and_hands_over_to_the_broad_pool()
     assert mixed_origins(0) == ["easy"] * 16  # the easy phase is easy images only
     assert mixed_origins(2) == ["easy"] * 8 + ["middle"] * 2 + ["broad"] * 6  # a quarter of the other 8
     assert mixed_origins(5) == ["middle"] * 4 + ["broad"] * 12
+    with pytest.raises(ValueError, match="middle_share"):
+        ShapesPool(transform, seed=0, size=96, workers=1, middle_size=48, middle_share=1.5)
     assert origins(4) == ["broad"] * 16
     # Without a curriculum a batch is the broad pool's, in its epoch order, as before.
     plain = ShapesPool(transform, seed=0, size=96, workers=1)
