@@ -309,7 +309,8 @@ def test_the_demo_model_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 AVX2_ONLY = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
-TINY_TRAIN = ("--steps", "1", "--batch-size", "8", "--pool-size", "48", "--easy-pool-size", "48", "--threads", "1",
+TINY_TRAIN = ("--steps", "1", "--batch-size", "8", "--pool-size", "48", "--easy-pool-size", "48",
+              "--middle-pool-size", "48", "--threads", "1",
               "--device", "cpu", "--no-progress", "--eval-images", "0", "--image-size", "32", "--patch-size", "8",
               "--vision-width", "32", "--vision-layers", "1", "--text-width", "32", "--text-layers", "1",
               "--head-dim", "16")
@@ -332,7 +333,8 @@ def test_train_warns_when_bf16_is_asked_of_a_cpu_without_bf16_instructions(
 def test_train_subcommand_trains_and_saves_a_loadable_checkpoint(tmp_path: Path, capsys) -> None:
     out = tmp_path / "trained"
     code, stdout, _ = run(capsys, "train", "--out", str(out), "--steps", "2", "--batch-size", "8",
-                          "--pool-size", "48", "--threads", "2", "--device", "cpu", "--no-progress",
+                          "--pool-size", "48", "--easy-pool-size", "48", "--middle-pool-size", "48", "--threads", "2",
+                          "--device", "cpu", "--no-progress",
                           "--eval-images", "48", "--image-size", "32", "--patch-size", "8", "--vision-width", "32",
                           "--vision-layers", "1", "--text-width", "32", "--text-layers", "1", "--head-dim", "16")
     assert code == 0

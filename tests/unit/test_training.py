@@ -63,8 +63,8 @@ TINY = Architecture(image_size=32, patch_size=8, vision_width=32, vision_layers=
 
 def tiny_options(out: Path, **overrides) -> TrainOptions:
     settings = {"steps": 20, "batch_size": 16, "lr": 3e-3, "warmup_steps": 2, "architecture": TINY,
-                "pool_size": 96, "easy_pool_size": 48, "curriculum_steps": 10, "threads": 1, "device": "cpu",
-                "progress": False, **overrides}
+                "pool_size": 96, "easy_pool_size": 48, "middle_pool_size": 48, "curriculum_steps": 10, "threads": 1,
+                "device": "cpu", "progress": False, **overrides}
     return TrainOptions(out=out, **settings)
 
 
