@@ -178,12 +178,10 @@ class ShapesPool:
         middle = round((size - easy) * self.middle_share)
         # The broad pool keeps its epoch order (positions of easy and middle slots are skipped); easy and
         # middle images are drawn with replacement (a few thousand of them, each seen several times).
-        sources = [(self.easy_pixels, self.easy_facts, int(i)) for i in
-                   np.random.default_rng([self.seed, step, 6]).integers(len(self.easy_facts), size=easy)]
+        sources = self.picks(self.easy_pixels, self.easy_facts, step, 6, easy)
         # Key 7 is also MIDDLE's image stream: the picks at step k reuse the generator that drew middle
         # image k. Harmless (an index pick, not pixels), and kept: another key changes the shipped bytes.
-        sources += [(self.middle_pixels, self.middle_facts, int(i)) for i in
-                    np.random.default_rng([self.seed, step, 7]).integers(len(self.middle_facts), size=middle)]
+        sources += self.picks(self.middle_pixels, self.middle_facts, step, 7, middle)
         sources += [(self.pixels, self.facts, self.index(step * size + i)) for i in range(easy + middle, size)]
         pixels = np.stack([dihedral(pool[i], int(rng.integers(8))) for pool, _, i in sources])
         facts = [facts[i] for _, facts, i in sources]
@@ -195,6 +193,12 @@ class ShapesPool:
         # to push apart what it should pull together; so every true description is a positive.
         return Batch(normalize_pixels(pixels, self.transform), [c.text for c in captions],
                      describes_matrix(captions, facts), torch.tensor([f.label_row for f in facts]))
+
+    def picks(self, pixels: np.ndarray, facts: list[ShapeFacts], step: int, key: int,
+              count: int) -> list[tuple[np.ndarray, list[ShapeFacts], int]]:
+        """`count` images of a side pool (easy or middle), drawn with replacement by the step's `key` stream."""
+        chosen = np.random.default_rng([self.seed, step, key]).integers(len(facts), size=count)
+        return [(pixels, facts, int(i)) for i in chosen]
 
     def index(self, position: int) -> int:
         epoch, offset = divmod(position, len(self))
