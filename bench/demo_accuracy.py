@@ -4,7 +4,8 @@ The first demo model scored 98.9% on fresh images from its own training generato
 shapes drawn otherwise (issue 16), so the figure that counts is on images drawn by other code:
 - `heldout_shapes.py` (this directory; shares no code with training): its broad `sdf` preset,
   its `issue` preset (the set the issue describes: other canvas sizes and aspect ratios, smaller
-  shapes, muted gradients, slight blur, JPEG) and its `clean` preset (a user's first drawing);
+  shapes, muted gradients, slight blur, JPEG), its `mild` preset (that description drawn gently)
+  and its `clean` preset (a user's first drawing);
 - the training generator (`siglip_serve.training.shapes`) with a seed training never used, one
   shape per image: the in-distribution figure, for comparison.
 
@@ -20,7 +21,8 @@ accuracy; bfloat16 vs float32; the checkpoint's size and its training record.
     python bench/demo_accuracy.py --model DIR  # another shapes checkpoint (e.g. a reproduction run)
 
 Which of these sets is like the hidden one: the first demo model (commit 555c556), which the issue
-measured there at 48-way 64%, colors 90%, shapes 69%, scored alike on `clean` only
+measured there at 48-way 64%, colors 90%, shapes 69%, scored alike on `clean` only, and on
+shapes between `clean` (74.6%) and `mild` (50.9%), about a quarter of the way down
 (bench/results/demo_accuracy_first_model.md), by
 
     mkdir -p /tmp/first && git archive 555c556 src/siglip_serve/demo/siglip-demo-shapes | tar -x -C /tmp/first
@@ -42,7 +44,7 @@ from common import Report, stage
 
 TARGETS = {"combo": 0.90, "color": 0.97, "shape": 0.95}
 RECALL_BAR = 0.85
-HELD_OUT_SETS = ("sdf", "issue", "clean")  # heldout_shapes presets
+HELD_OUT_SETS = ("sdf", "issue", "mild", "clean")  # heldout_shapes presets
 
 
 def parse_args() -> argparse.Namespace:

@@ -14,11 +14,15 @@ drawn otherwise). So this module draws the same 48 (color, shape) classes its ow
   bands, plain white;
 - degradations: slight Gaussian blur (numpy), JPEG at 50-90 with 4:2:0 or 4:4:4 chroma.
 
-Three presets (each image one object, the class cycling through all 48 per block of 48):
+Four presets (each image one object, the class cycling through all 48 per block of 48):
 - `sdf`: the broad one, all of the above, shapes 15-70% of the short side, some outlined;
 - `issue`: the set the issue describes: other sizes and aspect ratios, shapes smaller relative to
   the canvas (20-50% of the short side; training's first generator drew 50-90%), muted gradient
   backgrounds, slight blur, JPEG;
+- `mild`: the issue's description drawn gently: shapes 30-60% of the short side, anywhere, on
+  canvases up to 4:3, on gradients or white, blur and JPEG on 70% of them. Added in session 13 as a
+  second calibration point: the first demo model scored on the issue's hidden set between `clean`
+  and `mild` (bench/results/demo_accuracy_first_model.md);
 - `clean`: what a user draws first: one filled shape, centered, 40-70% of the side, on white or light gray.
 
     python bench/heldout_shapes.py --preset issue --out /tmp/issue-sheet.png   # a contact sheet
@@ -69,6 +73,9 @@ PRESETS = {
     "sdf": Preset((0.15, 0.7), ("paper", "diagonal", "vertical", "vignette", "bands", "white"), 0.2, 0.4,
                   (0.4, 1.5), 0.7, centered=False),
     "issue": Preset((0.2, 0.5), ("diagonal", "vertical"), 0.0, 1.0, (0.5, 1.0), 1.0, centered=False),
+    "mild": Preset((0.3, 0.6), ("diagonal", "vertical", "white"), 0.0, 0.7, (0.3, 0.8), 0.7, centered=False,
+                   canvases=((100, 100), (224, 224), (306, 306), (320, 240), (240, 320), (640, 480), (480, 640),
+                             (800, 600), (512, 512))),
     "clean": Preset((0.4, 0.7), ("white",), 0.0, 0.0, (0.0, 0.0), 0.0, centered=True,
                     canvases=((128, 128), (224, 224), (256, 256), (306, 306), (400, 300))),
 }

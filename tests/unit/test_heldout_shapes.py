@@ -27,3 +27,17 @@ def test_extent_at_scales_by_the_long_side() -> None:
     sample = heldout_shapes.HeldOutSample(image=None, color="red", shape="circle", extent=144.0, canvas=(1280, 720))
     assert sample.extent_at(96) == pytest.approx(10.8)
     assert heldout_shapes.HeldOutSample(None, "red", "circle", 144.0, (720, 1280)).extent_at(96) == pytest.approx(10.8)
+
+
+def test_the_mild_preset_draws_its_declared_range() -> None:
+    """`mild` (the second calibration point, session 13): shapes of 30-60% of the short side on
+    canvases no wider than 4:3, inside the canvas, on white or gradients, with JPEG on some."""
+    samples = heldout_shapes.held_out_images(96, preset="mild", seed=5)
+    assert {(s.color, s.shape) for s in samples} == set(heldout_shapes.CLASSES)
+    for sample in samples:
+        width, height = sample.canvas
+        assert max(width, height) / min(width, height) <= 4 / 3 + 1e-9
+        assert 0.3 * min(width, height) <= sample.extent <= 0.6 * min(width, height)
+    corners = [np.asarray(s.image, dtype=np.int16)[0, 0] for s in samples]
+    white = sum(bool((corner >= 235).all()) for corner in corners)
+    assert 0 < white < len(samples)  # some on white paper, the rest on gradients
