@@ -244,3 +244,83 @@ def test_help_imports_nothing_heavy() -> None:
             "print(sorted(m for m in ('torch', 'lancedb', 'pyarrow', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def embed_parser():
+    from siglip_serve.cli import build_parser
+
+    return build_parser("embed")
+
+
+def test_every_existing_embed_flag_spelling_still_parses_to_the_job_s_options() -> None:
+    """The flags are generated from EmbedOptions, UrlOptions and RayOptions; each spelling users have
+    typed since issue #14 still parses, and to the option it always set."""
+    from siglip_serve.jobs.options import RayOptions, UrlOptions
+    from siglip_serve.option_flags import from_args
+
+    argv = ["embed", "a/", "b.jsonl", "--out", "db/t", "--format", "parquet", "--model", "m", "--device", "cpu",
+            "--dtype", "float32", "--batch-size", "8", "--workers", "3", "--image-column", "img", "--id-column", "key",
+            "--text-column", "caption", "--labels", "cat, dog,,car", "--top-k", "2", "--half", "--jpeg-draft",
+            "--commit-every", "5", "--commit-seconds", "1.5", "--allow-private-urls", "--fetch-timeout", "2.5",
+            "--quiet", "--strict", "--ray", "--ray-address", "auto", "--actors", "4", "--gpus-per-actor", "0.5",
+            "--cpus-per-actor", "2", "--decode-cpus", "0.5"]
+    args = embed_parser().parse_args(argv)
+    options = from_args(EmbedOptions, args, policy=from_args(UrlOptions, args).policy())
+    assert options == EmbedOptions(
+        sources=["a/", "b.jsonl"], out="db/t", model="m", device="cpu", dtype="float32", batch_size=8, workers=3,
+        format="parquet", image_column="img", id_column="key", text_column="caption", labels=["cat", "dog", "car"],
+        top_k=2, half=True, jpeg_draft=True, quiet=True, commit_rows=5, commit_seconds=1.5,
+        policy=FetchPolicy(allow_private=True, timeout_s=2.5))
+    assert from_args(RayOptions, args) == RayOptions(address="auto", actors=4, gpus_per_actor=0.5,
+                                                     cpus_per_actor=2.0, decode_cpus=0.5)
+    assert args.strict and args.ray
+    # Nothing given: the flags' defaults are the dataclasses' own (the library's and the command's agree).
+    bare = embed_parser().parse_args(["embed", "x", "--out", "y"])
+    assert from_args(EmbedOptions, bare, policy=from_args(UrlOptions, bare).policy()) == EmbedOptions(["x"], "y")
+    assert from_args(UrlOptions, bare).policy() == FetchPolicy()  # the server's defaults
+    assert from_args(RayOptions, bare) == RayOptions()
+    assert not bare.strict and not bare.ray
+
+
+def test_every_embed_option_has_a_flag_with_help_and_its_default(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from siglip_serve.jobs.options import RayOptions, UrlOptions
+    from siglip_serve.option_flags import is_flag
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no help is wrapped
+    with pytest.raises(SystemExit):
+        main(["embed", "--help"])
+    entries = {}  # the flag -> its help, which argparse prints beside a short invocation and below a long one
+    lines = capsys.readouterr().out.splitlines()
+    for number, line in enumerate(lines):
+        if line.startswith("  -"):
+            invocation, _, described = line.strip().partition("  ")
+            entries[invocation.split()[0].rstrip(",")] = (described or lines[number + 1]).strip()
+    fields = [f for kind in (EmbedOptions, UrlOptions, RayOptions) for f in dataclasses.fields(kind) if is_flag(f)]
+    assert len(fields) == 25  # 19 of the job (not its fetch policy), 2 URL limits, 5 of Ray (sources positional)
+    for field in fields:
+        if field.metadata["positional"]:
+            continue
+        flag = field.metadata["flag"] or "--" + field.name.replace("_", "-")
+        line = entries[flag]
+        assert len(line.split("[default")[0].strip()) > 10, flag  # real help besides the default
+        if field.default is dataclasses.MISSING:
+            assert line.endswith("(required)"), line
+        elif field.default is None:
+            assert line.endswith(f"[default: {field.metadata['none_means']}]") and "None" not in line, line
+        else:
+            assert line.endswith(f"[default: {field.default}]"), line
+    help_text = "\n".join(lines)
+    assert "--fetch-timeout SECONDS" in help_text
+    assert entries["--fetch-timeout"].endswith("the server's fetch_timeout_s setting. [default: 10.0]")
+    assert "--commit-every ROWS" in help_text and "[default: 1024]" in help_text
+
+
+@pytest.mark.parametrize("argv", [["--batch-size", "0"], ["--fetch-timeout", "0"], ["--format", "csv"],
+                                  ["--actors", "0"], ["--gpus-per-actor", "-1"], ["--top-k", "x"], []])
+def test_bad_embed_flags_are_usage_errors(capsys, argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        embed_parser().parse_args(["embed", "x", *argv] + (["--out", "y"] if argv else []))
+    assert info.value.code == 2
+    assert "error:" in capsys.readouterr().err

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 import siglip_serve
-from siglip_serve.demo import DEMO_MODEL_NAME
 from siglip_serve.jobs.decode import Decoder
+from siglip_serve.jobs.options import EmbedOptions
 from siglip_serve.jobs.pipeline import Pipeline
 from siglip_serve.jobs.sources import Inputs, Item, JobInputError, collect_inputs
 from siglip_serve.jobs.writer import (
@@ -35,7 +35,6 @@ from siglip_serve.jobs.writer import (
     output_paths,
     output_schema,
 )
-from siglip_serve.preprocess.fetch import FetchPolicy
 
 PROBE_TEXT = "a photo of a cat"
 
@@ -44,29 +43,6 @@ def default_workers() -> int:
     """Decoding threads: one per core, at most 8 (more only adds contention with the model's threads)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(8, cores))
-
-
-@dataclass
-class EmbedOptions:
-    sources: list[str]
-    out: str
-    model: str = DEMO_MODEL_NAME
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int = 32
-    workers: int = field(default_factory=default_workers)
-    format: str | None = None  # None: parquet when `out` ends in .parquet, else lance
-    image_column: str = "image"
-    id_column: str = "id"
-    text_column: str | None = None
-    labels: list[str] | None = None
-    top_k: int | None = None
-    half: bool = False
-    jpeg_draft: bool = False
-    quiet: bool = False
-    commit_rows: int = 1024
-    commit_seconds: float = 60.0
-    policy: FetchPolicy = field(default_factory=FetchPolicy)
 
 
 @dataclass
@@ -189,9 +165,10 @@ def run_embed(options: EmbedOptions, *, model: Any = None,
                                   batch_size=options.batch_size, jpeg_draft=options.jpeg_draft)
     output, pending, summary = open_job(options, inputs, info=job_info(model, options),
                                         embed_dim=model.info.embed_dim)
+    workers = options.workers or default_workers()
     pipeline = Pipeline(
         model=model, output=output, metadata=inputs.metadata, batch_size=options.batch_size,
-        workers=options.workers, decoder_factory=lambda: Decoder(model, workers=options.workers, policy=options.policy),
+        workers=workers, decoder_factory=lambda: Decoder(model, workers=workers, policy=options.policy),
         half=options.half, text=options.text_column is not None, labels=options.labels,
         label_embeds=model.embed_labels(options.labels) if options.labels else None, top_k=options.top_k,
         commit_rows=options.commit_rows, commit_seconds=options.commit_seconds, quiet=options.quiet,

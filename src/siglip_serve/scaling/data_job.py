@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from siglip_serve.jobs.decode import Decoder, Outcome
 from siglip_serve.jobs.embed import EmbedOptions, EmbedSummary, job_info, job_inputs, open_job
+from siglip_serve.jobs.options import RayOptions
 from siglip_serve.jobs.pipeline import MAX_FAILURES_KEPT, Counts, Pipeline, Rows
 from siglip_serve.jobs.sources import Item
 from siglip_serve.scaling.data_decode import ITEM_FIELDS, ImagePreparer, decode_batch
@@ -40,15 +41,6 @@ _INTERNAL = ("_metadata_row", "_skipped", "_node")
 # The largest image allowed (64 MP as RGBA, 256 MB; --max-image-pixels' default) decoding, plus a batch of
 # prepared inputs (32 x 1.7 MB at 384 px in float32).
 DECODE_TASK_MEMORY_BYTES = 512 * 1024 * 1024
-
-
-@dataclass
-class RayOptions:
-    address: str | None = None  # None: start a local cluster for the job
-    actors: int = 1  # model replicas (the actor pool's size)
-    gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0  # also the actor's torch threads (at least 1)
-    decode_cpus: float = 1.0  # per decode task; its decoding threads are max(1, int(this))
 
 
 @dataclass

@@ -1,38 +1,16 @@
 """What `siglip-serve train` can be asked to do: model size and training options.
 
 Each field is declared once, here, with its default and its help (`option`); the command's flags
-are generated from these fields (`training/cli.py`), so a new option needs no second declaration.
+are generated from these fields (`option_flags.py`), so a new option needs no second declaration.
 Free of torch, so that the CLI can declare its flags without importing it.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-# The metadata keys `option` writes and `training/cli.py` reads.
-HELP = "help"
-CHOICES = "choices"
-NONE_MEANS = "none_means"
-METAVAR = "metavar"
-ALTERNATIVE = "alternative"
-GROUP = "group"
-
-
-def option(default: Any = MISSING, *, help: str, choices: tuple[str, ...] | None = None,
-           none_means: str | None = None, metavar: str | None = None,
-           alternative: tuple[str, str] | None = None) -> Any:
-    """A dataclass field that is also a flag of `siglip-serve train`.
-
-    `help` says what it does; `choices` restricts a string; `none_means` says what a None default
-    does (shown as the default in --help); `alternative` is (flag, help) of a flag that spells out
-    the None default and excludes this one (e.g. --from-scratch against --init). No default: required.
-    """
-    metadata = {HELP: help, CHOICES: choices, NONE_MEANS: none_means, METAVAR: metavar, ALTERNATIVE: alternative}
-    if default is None and none_means is None:
-        raise ValueError("an option whose default is None must say what None means")
-    return field(default=default, metadata=metadata)
+from siglip_serve.option_flags import GROUP, option
 
 
 @dataclass(frozen=True)
