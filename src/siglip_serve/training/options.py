@@ -72,10 +72,10 @@ class TrainOptions:
     easy_pool_size: int = option(8000, help="Shapes dataset: easy images drawn up front for the curriculum.")
     easy_steps: int = option(2200, help="Shapes dataset: steps of easy images only, before their share starts "
                                      "falling towards --curriculum-steps.")
-    middle_pool_size: int = option(8000, help="Shapes dataset: images of the middle range (shapes of 25-80% "
+    middle_pool_size: int = option(12_000, help="Shapes dataset: images of the middle range (shapes of 25-80% "
                                               "of the short side, canvases up to 2:1, often on white) drawn "
                                               "up front.")
-    middle_share: float = option(0.4, help="Shapes dataset: share of each batch's images not taken by the "
+    middle_share: float = option(0.8, help="Shapes dataset: share of each batch's images not taken by the "
                                            "curriculum's easy ones that come from the middle pool; the broad "
                                            "pool gives the rest (0: off).")
     label_loss: float = option(10.0, help="Shapes dataset: weight of an extra training loss, a multi-label "
