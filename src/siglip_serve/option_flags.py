@@ -75,11 +75,11 @@ def add_flag(target: argparse._ActionsContainer, spec: dataclasses.Field, hint: 
     """`--field-name`, typed, with the field's help and its default; a bool also gets `--no-field-name`."""
     meta = spec.metadata
     kind = meta[PARSE] or flag_type(hint)
-    required = spec.default is dataclasses.MISSING
-    help_text = f"{meta[HELP]} {default_note(spec)}".replace("%", "%%")  # argparse %-formats help
     if meta[POSITIONAL]:
         target.add_argument(spec.name, nargs="+", type=kind, metavar=meta[METAVAR], help=meta[HELP])
         return
+    required = spec.default is dataclasses.MISSING
+    help_text = f"{meta[HELP]} {default_note(spec)}".replace("%", "%%")  # argparse %-formats help
     flag = meta[FLAG] or "--" + spec.name.replace("_", "-")
     alternative = meta[ALTERNATIVE]
     if alternative is not None:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from flag_help import assert_flags_document_their_fields, help_entries
 from sample_images import encode, photo_like
 
 from siglip_serve import option_flags
@@ -375,21 +376,6 @@ def option_fields() -> list[dataclasses.Field]:
             if f.name != "architecture"]
 
 
-def help_entries(text: str) -> dict[str, tuple[str, str]]:
-    """--help output as {first flag: (invocation, help)}; argparse puts a long invocation's help on the next line."""
-    entries: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in text.splitlines():
-        if line.startswith("  -"):
-            invocation, _, described = line.strip().partition("  ")
-            current = entries[invocation.split()[0].rstrip(",")] = [invocation, described.strip()]
-        elif line.startswith("   ") and current is not None:
-            current[1] = f"{current[1]} {line.strip()}".strip()
-        else:
-            current = None
-    return {flag: (invocation, described) for flag, (invocation, described) in entries.items()}
-
-
 def test_every_train_option_has_a_flag_with_help_and_its_default(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "1000")  # no help is wrapped
     with pytest.raises(SystemExit) as info:
@@ -398,18 +384,7 @@ def test_every_train_option_has_a_flag_with_help_and_its_default(capsys, monkeyp
     entries = help_entries(capsys.readouterr().out)
     fields = option_fields()
     assert len(fields) == 35  # 24 TrainOptions fields besides the architecture, 10 Architecture, 1 ReportOptions
-    for field in fields:
-        invocation, described = entries["--" + field.name.replace("_", "-")]
-        if field.default is dataclasses.MISSING:
-            assert described.endswith("(required)"), invocation
-            note = "(required)"
-        elif field.default is None:  # says what None does, never "None"
-            note = f"[default: {field.metadata['none_means']}]"
-            assert described.endswith(note) and "None" not in described, invocation
-        else:
-            note = f"[default: {field.default}]"
-            assert described.endswith(note), invocation
-        assert len(described.removesuffix(note).strip()) > 10, invocation  # real help besides the default
+    assert_flags_document_their_fields(entries, fields)
     # A few spelled out rather than computed from the fields.
     assert entries["--lr"][1].endswith(" [default: 0.001]")
     assert entries["--pool-size"][1].endswith(" [default: 20000]")

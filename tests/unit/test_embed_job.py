@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import tiny_checkpoints
 from embed_job_inputs import BAD, GOOD, NOT_IMAGES, make_folder, serve_directory, unused_port, write_manifests
+from flag_help import assert_flags_document_their_fields, help_entries
 from sample_images import encode, photo_like
 
 import siglip_serve
@@ -291,30 +292,15 @@ def test_every_embed_option_has_a_flag_with_help_and_its_default(capsys, monkeyp
     monkeypatch.setenv("COLUMNS", "1000")  # no help is wrapped
     with pytest.raises(SystemExit):
         main(["embed", "--help"])
-    entries = {}  # the flag -> its help, which argparse prints beside a short invocation and below a long one
-    lines = capsys.readouterr().out.splitlines()
-    for number, line in enumerate(lines):
-        if line.startswith("  -"):
-            invocation, _, described = line.strip().partition("  ")
-            entries[invocation.split()[0].rstrip(",")] = (described or lines[number + 1]).strip()
+    entries = help_entries(capsys.readouterr().out)
     fields = [f for kind in (EmbedOptions, UrlOptions, RayOptions) for f in dataclasses.fields(kind) if is_flag(f)]
     assert len(fields) == 25  # 19 of the job (not its fetch policy), 2 URL limits, 5 of Ray (sources positional)
-    for field in fields:
-        if field.metadata["positional"]:
-            continue
-        flag = field.metadata["flag"] or "--" + field.name.replace("_", "-")
-        line = entries[flag]
-        assert len(line.split("[default")[0].strip()) > 10, flag  # real help besides the default
-        if field.default is dataclasses.MISSING:
-            assert line.endswith("(required)"), line
-        elif field.default is None:
-            assert line.endswith(f"[default: {field.metadata['none_means']}]") and "None" not in line, line
-        else:
-            assert line.endswith(f"[default: {field.default}]"), line
-    help_text = "\n".join(lines)
-    assert "--fetch-timeout SECONDS" in help_text
-    assert entries["--fetch-timeout"].endswith("the server's fetch_timeout_s setting. [default: 10.0]")
-    assert "--commit-every ROWS" in help_text and "[default: 1024]" in help_text
+    assert_flags_document_their_fields(entries, fields)
+    assert entries["--fetch-timeout"] == ("--fetch-timeout SECONDS",
+                                          "Timeout for fetching one image URL, in seconds; the server's "
+                                          "fetch_timeout_s setting. [default: 10.0]")
+    assert entries["--commit-every"][0] == "--commit-every ROWS" and entries["--commit-every"][1].endswith(
+        "[default: 1024]")
 
 
 @pytest.mark.parametrize("argv", [["--batch-size", "0"], ["--fetch-timeout", "0"], ["--format", "csv"],
