@@ -55,19 +55,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**given)
 
 
-def add_classify_arguments(classify: argparse.ArgumentParser) -> None:
-    classify.add_argument("images", nargs="+", metavar="IMAGE", help="Image file paths.")
-    classify.add_argument("--labels", required=True, help='Comma-separated labels, e.g. "cat,dog,car".')
-    classify.add_argument("--model", default=DEMO_MODEL_NAME,
-                          help=f"Local checkpoint directory or hub id (default: {DEMO_MODEL_NAME}, the demo model).")
-    classify.add_argument("--template", action="append", default=None,
-                          help='Hypothesis template with "{}" (repeat to ensemble). '
-                               'Default: "This is a photo of {}."')
-    classify.add_argument("--softmax", action="store_true", help="Softmax over labels instead of sigmoid.")
-    classify.add_argument("--top-k", type=int, default=None, help="Show only the best K labels.")
-    classify.add_argument("--device", default="auto")
-    classify.add_argument("--dtype", default="auto")
-    classify.add_argument("--json", action="store_true", help="Print one JSON array instead of tables.")
+def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
+    from siglip_serve.command_options import ClassifyOptions
+    from siglip_serve.option_flags import add_option_arguments
+
+    add_option_arguments(parser, parser, ClassifyOptions)
 
 
 def add_models_arguments(models: argparse.ArgumentParser) -> None:
@@ -75,21 +67,10 @@ def add_models_arguments(models: argparse.ArgumentParser) -> None:
 
 
 def add_features_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="Image files, or folders (walked recursively for image files, in sorted order).")
-    parser.add_argument("--out", required=True, help=(
-        "Output .npz or .safetensors: features [sum of h*w, d], grids [N, 2], offsets [N+1] (image i is "
-        "features[offsets[i]:offsets[i+1]], row-major over grids[i]), pooled [N, d] with --pooled, and the paths."))
-    parser.add_argument("--layer", type=int, default=-1, help=(
-        "Vision layer as transformers numbers hidden_states: 0 = patch embeddings, -1 = the final output after "
-        "the last LayerNorm (default), -2 = the penultimate layer (LLaVA-style)."))
-    parser.add_argument("--pooled", action="store_true", help="Also store each image's pooled embedding (MAP head).")
-    parser.add_argument("--float16", action="store_true", help="Store float16 (float32 rounded; half the bytes).")
-    parser.add_argument("--model", default=DEMO_MODEL_NAME,
-                        help=f"Local checkpoint directory or hub id (default: {DEMO_MODEL_NAME}, the demo model).")
-    parser.add_argument("--batch-size", type=int, default=None, help="Images per forward (default: the server's).")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", help="auto, float32 (reference numerics), float16 or bfloat16.")
+    from siglip_serve.command_options import FeaturesOptions
+    from siglip_serve.option_flags import add_option_arguments
+
+    add_option_arguments(parser, parser, FeaturesOptions)
 
 
 def _add_embed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,27 +151,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_classify(args: argparse.Namespace) -> int:
+    from siglip_serve.command_options import ClassifyOptions
     from siglip_serve.model import load
+    from siglip_serve.option_flags import from_args
     from siglip_serve.scoring import check_classify_options
 
-    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
-    normalization = check_classify_options("softmax" if args.softmax else "sigmoid", args.top_k)
+    options = from_args(ClassifyOptions, args)
+    normalization = check_classify_options("softmax" if options.softmax else "sigmoid", options.top_k)
     # A terminal sees a hub download's progress; pipes, logs and the library see nothing.
-    model = load(args.model, device=args.device, dtype=args.dtype, progress=sys.stderr.isatty())
-    label_embeds = model.embed_labels(labels, args.template)
+    model = load(options.model, device=options.device, dtype=options.dtype, progress=sys.stderr.isatty())
+    label_embeds = model.embed_labels(options.labels, options.template)
     results, failed = [], 0
-    for path in args.images:  # one bad image fails only its own line
+    for path in options.images:  # one bad image fails only its own line
         try:
             image_embeds = model.encode_prepared_images([model.prepare_image(path)])
             ranked = model.classify_embeddings(
-                image_embeds, label_embeds, labels,
-                normalization=normalization, top_k=args.top_k,
+                image_embeds, label_embeds, options.labels,
+                normalization=normalization, top_k=options.top_k,
             )[0]
             results.append({"image": path, "predictions": [{"label": lb, "score": s} for lb, s in ranked]})
         except SiglipServeError as exc:
             failed += 1
             results.append({"image": path, "error": exc.message})
-    if args.json:
+    if options.json:
         print(json.dumps(results, indent=2))
     else:
         print_tables(results)
@@ -216,15 +199,18 @@ def image_paths(arguments: Sequence[str]) -> list[str]:
 
 def run_features(args: argparse.Namespace) -> int:
     """Every image's tokens of one layer into one file; an image that fails is reported and left out (exit 1)."""
+    from siglip_serve.command_options import FeaturesOptions
     from siglip_serve.features import FILE_SUFFIXES, save_features
+    from siglip_serve.option_flags import from_args
 
-    if not args.out.endswith(FILE_SUFFIXES):
-        raise SiglipServeError(f"--out must end with {' or '.join(FILE_SUFFIXES)}, got {args.out!r}")
+    options = from_args(FeaturesOptions, args)
+    if not options.out.endswith(FILE_SUFFIXES):
+        raise SiglipServeError(f"--out must end with {' or '.join(FILE_SUFFIXES)}, got {options.out!r}")
     from siglip_serve.model import load
 
-    model = load(args.model, device=args.device, dtype=args.dtype, progress=sys.stderr.isatty())
-    layer = model.patch_layout.resolve_layer(args.layer, param="--layer")  # before decoding anything
-    batch_size = args.batch_size or model.batch_size
+    model = load(options.model, device=options.device, dtype=options.dtype, progress=sys.stderr.isatty())
+    layer = model.patch_layout.resolve_layer(options.layer, param="--layer")  # before decoding anything
+    batch_size = options.batch_size or model.batch_size
     paths: list[str] = []
     results: list = []
     pending: list = []  # (path, prepared image) waiting for a forward
@@ -235,7 +221,7 @@ def run_features(args: argparse.Namespace) -> int:
         pending.clear()
 
     failed = 0
-    for path in image_paths(args.images):
+    for path in image_paths(options.images):
         try:
             pending.append((path, model.prepare_image(path)))
         except SiglipServeError as exc:
@@ -248,13 +234,13 @@ def run_features(args: argparse.Namespace) -> int:
     if not results:
         print("error: no image could be read; nothing written", file=sys.stderr)
         return 1
-    if not args.pooled:
+    if not options.pooled:
         results = [dataclasses.replace(r, pooled=None) for r in results]
-    save_features(args.out, paths, results, layer=layer, num_layers=model.patch_layout.num_layers,
-                  model=args.model, float16=args.float16)
+    save_features(options.out, paths, results, layer=layer, num_layers=model.patch_layout.num_layers,
+                  model=options.model, float16=options.float16)
     tokens = sum(r.grid[0] * r.grid[1] for r in results)
     print(f"wrote {len(results)} images ({tokens} tokens x {model.patch_layout.hidden_size}, layer {layer} of "
-          f"{model.patch_layout.num_layers}) to {args.out}", file=sys.stderr)
+          f"{model.patch_layout.num_layers}) to {options.out}", file=sys.stderr)
     return 1 if failed else 0
 
 

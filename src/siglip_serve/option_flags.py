@@ -2,8 +2,9 @@
 
 A field made by `option(default, help=...)` becomes `--field-name` with that help, type, default and
 choices; `from_args` builds the dataclass back from the parsed flags. `siglip-serve train`
-(`training/options.py`) and `siglip-serve embed` (`jobs/embed.py`) declare their options this way;
-the server's live in pydantic-settings (`config.py`), which also gives them environment variables.
+(`training/options.py`), `embed` (`jobs/options.py`), `classify` and `features` (`command_options.py`)
+declare their options this way; the server's live in pydantic-settings (`config.py`), which also
+gives them environment variables.
 Standard library only: a command's flags are built without importing torch.
 """
 
@@ -26,6 +27,7 @@ GROUP = "group"
 FLAG = "flag"
 PARSE = "parse"
 POSITIONAL = "positional"
+REPEAT = "repeat"
 
 Options = typing.TypeVar("Options")
 
@@ -36,7 +38,7 @@ FLAG_TYPES = (int, float, str, Path, bool)
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple[str, ...] | None = None,
            none_means: str | None = None, metavar: str | None = None,
            alternative: tuple[str, str] | None = None, flag: str | None = None,
-           parse: Callable[[str], Any] | None = None, positional: bool = False) -> Any:
+           parse: Callable[[str], Any] | None = None, positional: bool = False, repeat: bool = False) -> Any:
     """A dataclass field that is also a flag.
 
     `help` says what it does; `choices` restricts a string; `none_means` says what a None default
@@ -44,12 +46,15 @@ def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple[str,
     the None default and excludes this one (e.g. --from-scratch against --init); `flag` names the
     flag when it is not `--field-name`; `parse` turns the flag's text into the value (and rejects
     bad text with argparse.ArgumentTypeError); `positional` makes a list field the command's
-    positional arguments (one or more). No default: required.
+    positional arguments (one or more); `repeat` makes a list field a flag given once per item
+    (`--template A --template B`). No default: required.
     """
     if default is None and none_means is None:
         raise ValueError("an option whose default is None must say what None means")
+    if repeat and default not in (None, dataclasses.MISSING):
+        raise ValueError("a repeated option's default must be None (argparse appends to a list default)")
     metadata = {HELP: help, CHOICES: choices, NONE_MEANS: none_means, METAVAR: metavar, ALTERNATIVE: alternative,
-                FLAG: flag, PARSE: parse, POSITIONAL: positional}
+                FLAG: flag, PARSE: parse, POSITIONAL: positional, REPEAT: repeat}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -74,7 +79,7 @@ def add_option_arguments(parser: argparse.ArgumentParser, target: argparse._Acti
 def add_flag(target: argparse._ActionsContainer, spec: dataclasses.Field, hint: object) -> None:
     """`--field-name`, typed, with the field's help and its default; a bool also gets `--no-field-name`."""
     meta = spec.metadata
-    kind = meta[PARSE] or flag_type(hint)
+    kind = meta[PARSE] or flag_type(item_type(hint) if meta[POSITIONAL] or meta[REPEAT] else hint)
     if meta[POSITIONAL]:
         target.add_argument(spec.name, nargs="+", type=kind, metavar=meta[METAVAR], help=meta[HELP])
         return
@@ -84,7 +89,11 @@ def add_flag(target: argparse._ActionsContainer, spec: dataclasses.Field, hint: 
     alternative = meta[ALTERNATIVE]
     if alternative is not None:
         target = target.add_mutually_exclusive_group()
-    if kind is bool:
+    if meta[REPEAT]:
+        target.add_argument(flag, action="append", type=kind, required=required,
+                            default=None if required else spec.default, dest=spec.name, choices=meta[CHOICES],
+                            metavar=meta[METAVAR], help=help_text)
+    elif kind is bool:
         action = target.add_argument(flag, action=argparse.BooleanOptionalAction, dest=spec.name,
                                      default=spec.default)
         # Set after construction: given help, BooleanOptionalAction (Python < 3.14) appends its own default note.
@@ -106,6 +115,15 @@ def flag_type(hint: object) -> type:
         raise TypeError(f"no flag type for {hint!r}; expected one of {FLAG_TYPES}, optionally | None, "
                         "or a `parse` function")
     return kinds[0]
+
+
+def item_type(hint: object) -> object:
+    """`list[X]` (or `list[X] | None`) -> X: what one positional argument or one repeated flag parses to."""
+    members = (hint,) if typing.get_origin(hint) is list else typing.get_args(hint)
+    lists = [kind for kind in members if typing.get_origin(kind) is list]
+    if len(lists) != 1:
+        raise TypeError(f"a positional or repeated option must be a list, got {hint!r}")
+    return typing.get_args(lists[0])[0]
 
 
 def default_note(spec: dataclasses.Field) -> str:

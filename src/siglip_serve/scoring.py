@@ -15,8 +15,7 @@ import torch
 from siglip_serve.backend import Temperature
 from siglip_serve.errors import EmptyInputError, InvalidParameterError, InvalidTemplateError, shown
 from siglip_serve.preprocess.text import check_text
-
-DEFAULT_TEMPLATE = "This is a photo of {}."  # HF zero-shot pipeline and the SigLIP model cards
+from siglip_serve.templates import DEFAULT_TEMPLATE
 
 
 class Normalization(StrEnum):

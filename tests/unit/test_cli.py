@@ -21,8 +21,11 @@ from sample_images import encode, photo_like
 
 from siglip_serve import option_flags
 from siglip_serve.cli import build_parser, main
+from siglip_serve.command_options import ClassifyOptions, FeaturesOptions
+from siglip_serve.config import Settings
 from siglip_serve.demo import demo_model_dir
 from siglip_serve.jobs import cli as jobs_cli
+from siglip_serve.jobs.options import EmbedOptions
 from siglip_serve.option_flags import from_args
 from siglip_serve.training import cli as training_cli
 from siglip_serve.training.cli import add_train_arguments, options_from_args
@@ -301,6 +304,82 @@ def test_serve_help_shows_flags_and_env_vars(capsys, monkeypatch: pytest.MonkeyP
         assert env in out
 
 
+# Every flag classify and features had before their flags were generated from the option fields.
+CLASSIFY_FLAGS = ("--labels", "--model", "--template", "--softmax", "--top-k", "--device", "--dtype", "--json")
+FEATURES_FLAGS = ("--out", "--layer", "--pooled", "--float16", "--model", "--batch-size", "--device", "--dtype")
+
+
+@pytest.mark.parametrize(("command", "options", "flags"), [
+    ("classify", ClassifyOptions, CLASSIFY_FLAGS), ("features", FeaturesOptions, FEATURES_FLAGS)])
+def test_every_classify_and_features_option_has_a_flag_with_help_and_its_default(
+        capsys, monkeypatch: pytest.MonkeyPatch, command: str, options: type, flags: tuple[str, ...]) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # no help is wrapped
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    entries = help_entries(capsys.readouterr().out)
+    assert set(flags) <= set(entries)
+    assert_flags_document_their_fields(entries, dataclasses.fields(options))
+    # The model choice is the server's: the same words and default as `serve --help` shows.
+    assert entries["--device"][1] == f"{Settings.model_fields['device'].description} [default: auto]"
+    assert entries["--dtype"][1].startswith(Settings.model_fields["dtype"].description)
+    assert entries["--model"][1].endswith("[default: siglip-demo-shapes]")
+
+
+def test_classify_flags_parse_to_the_options_they_name() -> None:
+    parser = build_parser("classify")
+    args = parser.parse_args(["classify", "a.png", "b.jpg", "--labels", "cat, dog,,car", "--model", "m",
+                              "--template", "a {}", "--template", "a photo of {}.", "--softmax", "--top-k", "2",
+                              "--device", "cpu", "--dtype", "bfloat16", "--json"])
+    assert from_args(ClassifyOptions, args) == ClassifyOptions(
+        images=["a.png", "b.jpg"], labels=["cat", "dog", "car"], model="m", template=["a {}", "a photo of {}."],
+        softmax=True, top_k=2, device="cpu", dtype="bfloat16", json=True)
+    bare = from_args(ClassifyOptions, parser.parse_args(["classify", "a.png", "--labels", "cat"]))
+    assert bare == ClassifyOptions(images=["a.png"], labels=["cat"], model="siglip-demo-shapes", template=None,
+                                   softmax=False, top_k=None, device="auto", dtype="auto", json=False)
+
+
+def test_features_flags_parse_to_the_options_they_name() -> None:
+    parser = build_parser("features")
+    args = parser.parse_args(["features", "d", "e.png", "--out", "f.npz", "--layer", "-2", "--pooled", "--float16",
+                              "--model", "m", "--batch-size", "4", "--device", "cpu", "--dtype", "float16"])
+    assert from_args(FeaturesOptions, args) == FeaturesOptions(
+        images=["d", "e.png"], out="f.npz", layer=-2, pooled=True, float16=True, model="m", batch_size=4,
+        device="cpu", dtype="float16")
+    bare = from_args(FeaturesOptions, parser.parse_args(["features", "d", "--out", "f.npz"]))
+    assert bare == FeaturesOptions(images=["d"], out="f.npz", layer=-1, pooled=False, float16=False,
+                                   model="siglip-demo-shapes", batch_size=None, device="auto", dtype="auto")
+
+
+@pytest.mark.parametrize("argv", [["classify", "--labels", "a"], ["classify", "x.png"],
+                                  ["classify", "x.png", "--labels", "a", "--top-k", "two"],
+                                  ["features", "x.png"], ["features", "x.png", "--out", "f.npz", "--batch-size", "0"],
+                                  ["features", "x.png", "--out", "f.npz", "--layer", "last"]])
+def test_bad_classify_and_features_flags_are_usage_errors(capsys, argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser(argv[0]).parse_args(argv)
+    assert info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_a_repeated_option_must_default_to_none() -> None:
+    """argparse's append action appends to a list default, so `--template x` would keep the default's items."""
+    with pytest.raises(ValueError, match="repeated option"):
+        option_flags.option(["a {}"], repeat=True, help="Templates.")
+
+
+def test_every_command_that_runs_a_model_declares_the_model_choice_once() -> None:
+    """classify, features, embed and train: one declaration of --device (the server's), and of --model and
+    --dtype where the command has them."""
+    fields = {cls: {f.name: f for f in dataclasses.fields(cls)}
+              for cls in (ClassifyOptions, FeaturesOptions, EmbedOptions, TrainOptions)}
+    for name, commands in (("model", 3), ("device", 4), ("dtype", 3)):  # train has --init, and no --dtype
+        declared = [f[name] for f in fields.values() if name in f]
+        assert len(declared) == commands, name
+        assert len({(f.default, f.metadata["help"]) for f in declared}) == 1, name
+    assert fields[TrainOptions]["device"].metadata["help"] == Settings.model_fields["device"].description
+
+
 def test_the_demo_model_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     from siglip_serve.cli import build_parser, settings_from_args
 
@@ -464,7 +543,8 @@ def test_the_readme_command_gives_the_shipped_demo_options() -> None:
 @pytest.mark.parametrize("module", [training_cli, jobs_cli, option_flags])
 def test_no_generated_flag_s_default_or_choice_is_written_in_a_cli_module(module) -> None:
     """Defaults and choices of train's and embed's options live on the option fields only: the modules that
-    turn the fields into flags must not repeat any."""
+    turn the fields into flags must not repeat any. (cli.py's serve flags default to None, "not given", on
+    purpose; its classify and features flags are generated.)"""
     source = Path(module.__file__).read_text()
     calls = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)]
     keywords = [k for call in calls for k in call.keywords if k.arg in ("default", "choices")]
@@ -508,12 +588,13 @@ def test_listing_models_and_asking_for_help_do_not_import_torch() -> None:
             "from siglip_serve.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    assert main(['models', '--json']) == 0\n"
-            "    try:\n"
-            "        main(['train', '--help'])\n"
-            "    except SystemExit as exc:\n"
-            "        assert exc.code == 0, exc.code\n"
-            "    else:\n"
-            "        raise AssertionError('--help returned instead of exiting')\n"
+            "    for command in ('train', 'classify', 'embed'):\n"
+            "        try:\n"
+            "            main([command, '--help'])\n"
+            "        except SystemExit as exc:\n"
+            "            assert exc.code == 0, exc.code\n"
+            "        else:\n"
+            "            raise AssertionError('--help returned instead of exiting')\n"
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

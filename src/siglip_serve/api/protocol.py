@@ -13,6 +13,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import CoreSchema, core_schema
 
 from siglip_serve.engine.inputs import Input
+from siglip_serve.templates import DEFAULT_TEMPLATE
 
 
 class Strict(BaseModel):
@@ -104,8 +105,7 @@ class ClassifyRequest(Strict):
         description="Images: URL, data URI, base64, or {image}.")
     labels: list[str] = Field(description="Candidate labels.")
     hypothesis_template: str | list[str] | None = Field(
-        None, description='Template with "{}" or a list to ensemble. Default "This is a photo of {}."'
-    )
+        None, description=f'Template with "{{}}" or a list to ensemble. Default "{DEFAULT_TEMPLATE}"')
     top_k: int | None = Field(None, ge=1)
     normalization: Literal["sigmoid", "softmax"] = "sigmoid"
 

@@ -1,23 +1,20 @@
 """What `siglip-serve embed` can be asked to do: the job's options, on Ray or not.
 
 Each field is declared once, here, with its default and its help (`option`); the command's flags are
-generated from these fields (`option_flags.py`). The URL limits are the server's settings of the same
-names (`config.py`), defaults and help included. Free of torch, so that `embed --help` does not load it.
+generated from these fields (`option_flags.py`). The model choice is declared with classify's
+(`command_options.py`); the URL limits are the server's settings of the same names (`config.py`), defaults
+and help included. Free of torch, so that `embed --help` does not load it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from siglip_serve.config import Settings, default
-from siglip_serve.demo import DEMO_MODEL_NAME
+from siglip_serve.command_options import device_option, dtype_option, model_option, setting_help
+from siglip_serve.config import default
 from siglip_serve.option_flags import comma_list, non_negative_float, option, positive_float, positive_int
 from siglip_serve.preprocess.fetch import FetchPolicy
-
-
-def setting_help(name: str, unit: str = "") -> str:
-    """The help of the server setting `name`, which this flag mirrors."""
-    return f"{Settings.model_fields[name].description.rstrip('.')}{unit}; the server's {name} setting."
+from siglip_serve.templates import DEFAULT_TEMPLATE
 
 
 @dataclass
@@ -29,9 +26,9 @@ class EmbedOptions:
              "other columns are kept as metadata.")
     out: str = option(help="DIR/NAME: LanceDB table NAME in database DIR (stored as DIR/NAME.lance); FILE.parquet: "
                            "one Parquet file. A rerun with the same --out resumes.")
-    model: str = option(DEMO_MODEL_NAME, help="Local checkpoint directory or hub id (the default is the demo model).")
-    device: str = option("auto", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N.")
-    dtype: str = option("auto", help="auto, float32, bfloat16 or float16 (the model's dtype).")
+    model: str = model_option()
+    device: str = device_option()
+    dtype: str = dtype_option()
     batch_size: int = option(32, parse=positive_int, help="Images per model call.")
     workers: int | None = option(None, parse=positive_int, none_means="one per core, at most 8",
                                  help="Decoding threads.")
@@ -45,7 +42,7 @@ class EmbedOptions:
     labels: list[str] | None = option(
         None, parse=comma_list, metavar="LABELS", none_means="no tagging",
         help='Comma-separated labels for zero-shot tagging, e.g. "cat,dog,car": adds labels and scores (sigmoid '
-             'probabilities, template "This is a photo of {}.").')
+             f'probabilities, template "{DEFAULT_TEMPLATE}").')
     top_k: int | None = option(None, parse=positive_int, none_means="all labels",
                                help="Keep only the best K labels per image.")
     half: bool = option(False, help="Store embeddings as float16 (half the size).")
