@@ -522,7 +522,7 @@ def test_the_readme_command_gives_the_shipped_demo_options() -> None:
     expected = TrainOptions(
         out=Path("src/siglip_serve/demo/siglip-demo-shapes"), steps=6400, batch_size=64, lr=1e-3,
         weight_decay=1e-4, warmup_steps=600, grad_clip=1.0, seed=0, data=None, pool_size=20_000, label_bank=True,
-        curriculum_steps=8800, easy_pool_size=8000, easy_steps=2200, middle_pool_size=12_000, middle_share=0.8,
+        curriculum_steps=4400, easy_pool_size=8000, easy_steps=2200, middle_pool_size=12_000, middle_share=0.8,
         label_loss=10.0,
         temperature_lr_scale=None, init=None,
         architecture=Architecture(image_size=96, patch_size=12, vision_width=128, vision_layers=4, text_width=32,

@@ -66,7 +66,7 @@ class TrainOptions:
                                          "and new captions.")
     label_bank: bool = option(True, help="Shapes dataset: every batch also carries a caption per shape, color "
                                          "and combination.")
-    curriculum_steps: int = option(8800, help="Shapes dataset: easy images (one large shape on a small square "
+    curriculum_steps: int = option(4400, help="Shapes dataset: easy images (one large shape on a small square "
                                               "canvas with a plain background) make up all of each batch until "
                                               "--easy-steps, then a share falling linearly to none at this step "
                                               "(past --steps: some stay to the end; 0: no curriculum).")
