@@ -28,12 +28,9 @@ def model_option() -> Any:
                                         "in the package).")
 
 
-def device_option() -> Any:
-    return option(default("device"), help=Settings.model_fields["device"].description)
-
-
-def dtype_option() -> Any:
-    return option(default("dtype"), help=Settings.model_fields["dtype"].description)
+def setting_option(name: str) -> Any:
+    """A flag that means what the server setting `name` means: its description and its default."""
+    return option(default(name), help=Settings.model_fields[name].description)
 
 
 @dataclass(frozen=True)
@@ -47,8 +44,8 @@ class ClassifyOptions:
     softmax: bool = option(False, help="Softmax over labels instead of SigLIP's sigmoid.")
     # Not `positive_int`: 0 is refused by the library's check, in the API's words (scoring.py).
     top_k: int | None = option(None, none_means="every label", help="Show only the best K labels.")
-    device: str = device_option()
-    dtype: str = dtype_option()
+    device: str = setting_option("device")
+    dtype: str = setting_option("dtype")
     json: bool = option(False, help="Print one JSON array instead of tables.")
 
 
@@ -68,5 +65,5 @@ class FeaturesOptions:
     model: str = model_option()
     batch_size: int | None = option(None, parse=positive_int, none_means="the server's max_batch_size default",
                                     help="Images per forward.")
-    device: str = device_option()
-    dtype: str = dtype_option()
+    device: str = setting_option("device")
+    dtype: str = setting_option("dtype")

@@ -89,18 +89,15 @@ def add_flag(target: argparse._ActionsContainer, spec: dataclasses.Field, hint: 
     alternative = meta[ALTERNATIVE]
     if alternative is not None:
         target = target.add_mutually_exclusive_group()
-    if meta[REPEAT]:
-        target.add_argument(flag, action="append", type=kind, required=required,
-                            default=None if required else spec.default, dest=spec.name, choices=meta[CHOICES],
-                            metavar=meta[METAVAR], help=help_text)
-    elif kind is bool:
+    if kind is bool and not meta[REPEAT]:
         action = target.add_argument(flag, action=argparse.BooleanOptionalAction, dest=spec.name,
                                      default=spec.default)
         # Set after construction: given help, BooleanOptionalAction (Python < 3.14) appends its own default note.
         action.help = help_text
-    else:
-        target.add_argument(flag, type=kind, required=required, default=None if required else spec.default,
-                            dest=spec.name, choices=meta[CHOICES], metavar=meta[METAVAR], help=help_text)
+    else:  # a repeated flag appends each value to a list (its default is None: `option` checks)
+        target.add_argument(flag, action="append" if meta[REPEAT] else "store", type=kind, required=required,
+                            default=None if required else spec.default, dest=spec.name, choices=meta[CHOICES],
+                            metavar=meta[METAVAR], help=help_text)
     if alternative is not None:
         alternative_flag, alternative_help = alternative
         # Spells out the None default: same destination, and refused together with the flag itself.

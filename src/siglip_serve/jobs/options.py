@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from siglip_serve.command_options import device_option, dtype_option, model_option, setting_help
+from siglip_serve.command_options import model_option, setting_help, setting_option
 from siglip_serve.config import default
 from siglip_serve.option_flags import comma_list, non_negative_float, option, positive_float, positive_int
 from siglip_serve.preprocess.fetch import FetchPolicy
@@ -27,8 +27,8 @@ class EmbedOptions:
     out: str = option(help="DIR/NAME: LanceDB table NAME in database DIR (stored as DIR/NAME.lance); FILE.parquet: "
                            "one Parquet file. A rerun with the same --out resumes.")
     model: str = model_option()
-    device: str = device_option()
-    dtype: str = dtype_option()
+    device: str = setting_option("device")
+    dtype: str = setting_option("dtype")
     batch_size: int = option(32, parse=positive_int, help="Images per model call.")
     workers: int | None = option(None, parse=positive_int, none_means="one per core, at most 8",
                                  help="Decoding threads.")

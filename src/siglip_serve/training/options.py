@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from siglip_serve.command_options import device_option
+from siglip_serve.command_options import setting_option
 from siglip_serve.option_flags import GROUP, option
 
 
@@ -96,7 +96,7 @@ class TrainOptions:
     save_dtype: str = option("float32", choices=("float32", "float16"),
                              help="Precision of the saved tower weights (logit scale and bias stay float32).")
     threads: int | None = option(None, none_means="torch's choice", help="torch threads.")
-    device: str = device_option()
+    device: str = setting_option("device")
     bf16: bool = option(False, help="bfloat16 autocast for the forward pass; weights and optimizer stay float32. "
                                     "Measure first (bench/train_step.py): a demo step was 1.5-2.0x faster on an "
                                     "AVX512-BF16 CPU and 17x slower on an AVX2-only one.")
