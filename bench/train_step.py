@@ -1,7 +1,9 @@
 """Training step time of the demo model (`siglip-serve train`'s default architecture) and of a
 base-224 fine-tune on this machine:
 the attention kernel (PyTorch SDPA vs transformers' eager matmul + softmax), the MLP activation
-(exact GELU vs its tanh approximation) and the autocast dtype.
+(exact GELU vs its tanh approximation) and the autocast dtype; and what a larger demo architecture
+(a finer patch grid, more layers, a wider tower, more heads) costs a step, as `siglip-serve train`
+runs it (bf16 autocast, eager attention), which decides what fits the 30-minute budget.
 
 One step is what `train()` runs: the vision tower on a batch of images, the text tower on the batch's
 captions plus the label bank (64 tokens, no mask), the sigmoid loss, backward, gradient clipping,
@@ -38,10 +40,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--base-batch", type=int, default=8,
                         help="Images per step for the base-224 fine-tuning rows (texts: twice as many; 0: skip).")
     parser.add_argument("--base-steps", type=int, default=4, help="Timed steps per base-224 row.")
+    parser.add_argument("--size-steps", type=int, default=30,
+                        help="Timed steps per demo architecture variant (0: skip that table).")
     parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.warmup, args.base_batch, args.base_steps = ROUND, 1, 2, 1
+        args.steps, args.warmup, args.base_batch, args.base_steps, args.size_steps = ROUND, 1, 2, 1, ROUND
     return args
 
 
@@ -107,6 +111,77 @@ def measure(template, variants: tuple[tuple[str, str | None], ...], images, text
     return rows
 
 
+# Larger demo architectures, each one change from the shipped one (`Architecture()`).
+SIZES = {
+    "shipped (96 px, patch 12: 8x8 grid)": {},
+    "108 px, patch 12 (9x9 grid)": {"image_size": 108},
+    "120 px, patch 12 (10x10 grid)": {"image_size": 120},
+    "96 px, patch 8 (12x12 grid)": {"patch_size": 8},
+    "6 vision layers": {"vision_layers": 6},
+    "vision width 192": {"vision_width": 192},
+    "heads of 32 (4 heads)": {"head_dim": 32},
+}
+
+
+def measure_sizes(batch_size: int, steps: int, warmup: int) -> list[dict]:
+    """ms per training step of each SIZES variant, as `siglip-serve train` runs the demo: bf16 autocast,
+    eager attention, the batch's captions plus the label bank, interleaved so that all see one machine."""
+    import dataclasses
+
+    import torch
+
+    from siglip_serve.training.loss import sigmoid_loss
+    from siglip_serve.training.options import Architecture
+    from siglip_serve.training.train import new_module
+
+    runs = {}
+    for name, changes in SIZES.items():
+        arch = dataclasses.replace(Architecture(), **changes)
+        torch.manual_seed(0)
+        module = new_module(arch, arch.vocab_size).train()
+        module.set_attn_implementation("eager")
+        images = torch.randn(batch_size, 3, arch.image_size, arch.image_size)
+        texts = torch.randint(0, arch.vocab_size, (batch_size + LABEL_BANK, arch.text_length))
+        runs[name] = (arch, module, torch.optim.AdamW(module.parameters(), lr=1e-4), images, texts)
+    positives = torch.rand(batch_size, batch_size + LABEL_BANK, generator=torch.Generator().manual_seed(0)) < 0.05
+
+    def step(module, optimizer, images, texts) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            image_embeds = module.vision_model(pixel_values=images).pooler_output
+            text_embeds = module.text_model(input_ids=texts).pooler_output
+        loss = sigmoid_loss(image_embeds.float(), text_embeds.float(), module.logit_scale, module.logit_bias,
+                            positives)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with stage(f"demo architectures: {len(runs)} variants, interleaved"):
+        for _ in range(warmup):
+            for _, module, optimizer, images, texts in runs.values():
+                step(module, optimizer, images, texts)
+        for _ in range(max(1, steps // ROUND)):
+            for name, (_, module, optimizer, images, texts) in runs.items():
+                times[name] += common.time_calls(lambda m=module, o=optimizer, i=images, t=texts: step(m, o, i, t),
+                                                 warmup=0, iters=ROUND)
+    base_ms = common.summarize(times[next(iter(SIZES))])["p50"] * 1000
+    rows = []
+    for name, (arch, module, _, _, _) in runs.items():
+        median_ms = common.summarize(times[name])["p50"] * 1000
+        rows.append({"variant": name, "image_tokens": (arch.image_size // arch.patch_size) ** 2,
+                     "vision_params_m": sum(p.numel() for p in module.vision_model.parameters()) / 1e6,
+                     "steps_timed": len(times[name]), "median_ms": median_ms, "vs_shipped": median_ms / base_ms,
+                     "steps_in_shipped_time": round(6400 * base_ms / median_ms)})
+    return rows
+
+
+SIZE_COLUMNS = [("variant", "architecture", ""), ("image_tokens", "image tokens", "d"),
+                ("vision_params_m", "vision params (M)", ".2f"), ("median_ms", "ms/step", ".0f"),
+                ("vs_shipped", "× shipped", ".2f"),
+                ("steps_in_shipped_time", "steps in 6,400 shipped steps' time", "d")]
+
+
 COLUMNS = [("attention", "attention", ""), ("activation", "activation", ""), ("autocast", "autocast", ""),
            ("batch", "images", "d"), ("texts", "texts", "d"), ("median_ms", "ms/step", ".0f"),
            ("images_per_s", "img/s", ".1f"), ("speedup", "vs first row of its dtype", ".2f"),
@@ -134,6 +209,11 @@ def main() -> int:
                    round_size=ROUND)
     report.add("demo", demo)
     report.section("One training step of the demo architecture (from scratch)", common.markdown_table(demo, COLUMNS))
+    if args.size_steps:
+        sizes = measure_sizes(args.batch_size, args.size_steps, args.warmup)
+        report.add("demo_sizes", sizes)
+        report.section("One training step of larger demo architectures (bf16 autocast, eager attention)",
+                       common.markdown_table(sizes, SIZE_COLUMNS))
     if args.base_batch:
         # Fine-tuning a real-size model: the random base-224 checkpoint (google/siglip-base-patch16-224's
         # shapes; 196 image tokens, 12 layers per tower), its own activation.
