@@ -49,6 +49,50 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def step_loss(module, images, texts, positives, bf16: bool):
+    """The sigmoid loss of one batch, as `train()` computes it (autocast around the two towers only)."""
+    import torch
+
+    from siglip_serve.training.loss import sigmoid_loss
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        image_embeds = module.vision_model(pixel_values=images).pooler_output
+        text_embeds = module.text_model(input_ids=texts).pooler_output
+    return sigmoid_loss(image_embeds.float(), text_embeds.float(), module.logit_scale, module.logit_bias,
+                        positives)
+
+
+def train_step(module, optimizer, images, texts, positives, bf16: bool) -> None:
+    """One optimizer step as `train()` runs it: loss, backward, clipping to 1.0, AdamW."""
+    import torch
+
+    loss = step_loss(module, images, texts, positives, bf16)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    optimizer.step()
+
+
+def time_interleaved(label: str, calls: dict, *, steps: int, warmup: int, round_size: int) -> dict[object, list]:
+    """Seconds per call of each of `calls` (key -> no-argument step), taking turns every `round_size`
+    calls, so that a drifting machine affects every variant alike."""
+    times: dict[object, list[float]] = {key: [] for key in calls}
+    with stage(f"{label}: {len(calls)} variants, interleaved"):
+        for _ in range(warmup):
+            for call in calls.values():
+                call()
+        for _ in range(max(1, steps // round_size)):
+            for key, call in calls.items():
+                times[key] += common.time_calls(call, warmup=0, iters=round_size)
+    return times
+
+
+def random_positives(images, texts):
+    import torch
+
+    return torch.rand(len(images), len(texts), generator=torch.Generator().manual_seed(0)) < 0.05
+
+
 def measure(template, variants: tuple[tuple[str, str | None], ...], images, texts, *, steps: int, warmup: int,
             round_size: int) -> list[dict]:
     """Time every (attention, activation) variant of `template` under bf16 autocast and in float32;
@@ -56,9 +100,7 @@ def measure(template, variants: tuple[tuple[str, str | None], ...], images, text
     import torch
     from transformers import SiglipModel
 
-    from siglip_serve.training.loss import sigmoid_loss
-
-    positives = torch.rand(len(images), len(texts), generator=torch.Generator().manual_seed(0)) < 0.05
+    positives = random_positives(images, texts)
 
     def make(attention: str, activation: str | None) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         # A config of its own: the attention choice is read from the config at every forward.
@@ -70,36 +112,16 @@ def measure(template, variants: tuple[tuple[str, str | None], ...], images, text
         assert module.vision_model.config._attn_implementation == attention
         return module.train(), torch.optim.AdamW(module.parameters(), lr=1e-4)
 
-    def loss_of(module: torch.nn.Module, bf16: bool) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            image_embeds = module.vision_model(pixel_values=images).pooler_output
-            text_embeds = module.text_model(input_ids=texts).pooler_output
-        return sigmoid_loss(image_embeds.float(), text_embeds.float(), module.logit_scale, module.logit_bias,
-                            positives)
-
-    def step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, bf16: bool) -> None:
-        loss = loss_of(module, bf16)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        optimizer.step()
-
     rows = []
     for bf16 in (True, False):
         dtype = "bfloat16" if bf16 else "float32"
         runs = {variant: make(*variant) for variant in variants}
         with torch.no_grad():
-            losses = {variant: float(loss_of(module, bf16)) for variant, (module, _) in runs.items()}
-        times: dict[tuple[str, str | None], list[float]] = {variant: [] for variant in runs}
-        with stage(f"{dtype}: {len(variants)} variants, interleaved"):
-            for _ in range(warmup):
-                for module, optimizer in runs.values():
-                    step(module, optimizer, bf16)
-            # Take turns every few steps, so that a drifting machine affects every variant alike.
-            for _ in range(max(1, steps // round_size)):
-                for variant, (module, optimizer) in runs.items():
-                    times[variant] += common.time_calls(lambda m=module, o=optimizer, b=bf16: step(m, o, b),
-                                                        warmup=0, iters=round_size)
+            losses = {variant: float(step_loss(module, images, texts, positives, bf16))
+                      for variant, (module, _) in runs.items()}
+        calls = {variant: (lambda m=module, o=optimizer, b=bf16: train_step(m, o, images, texts, positives, b))
+                 for variant, (module, optimizer) in runs.items()}
+        times = time_interleaved(dtype, calls, steps=steps, warmup=warmup, round_size=round_size)
         base_ms = common.summarize(times[variants[0]])["p50"] * 1000
         for (attention, activation), measured in times.items():
             median_ms = common.summarize(measured)["p50"] * 1000
@@ -130,11 +152,11 @@ def measure_sizes(batch_size: int, steps: int, warmup: int) -> list[dict]:
 
     import torch
 
-    from siglip_serve.training.loss import sigmoid_loss
-    from siglip_serve.training.options import Architecture
+    from siglip_serve.training.options import Architecture, TrainOptions
     from siglip_serve.training.train import new_module
 
-    runs = {}
+    shipped_steps = TrainOptions.__dataclass_fields__["steps"].default
+    runs, calls = {}, {}
     for name, changes in SIZES.items():
         arch = dataclasses.replace(Architecture(), **changes)
         torch.manual_seed(0)
@@ -142,37 +164,19 @@ def measure_sizes(batch_size: int, steps: int, warmup: int) -> list[dict]:
         module.set_attn_implementation("eager")
         images = torch.randn(batch_size, 3, arch.image_size, arch.image_size)
         texts = torch.randint(0, arch.vocab_size, (batch_size + LABEL_BANK, arch.text_length))
-        runs[name] = (arch, module, torch.optim.AdamW(module.parameters(), lr=1e-4), images, texts)
-    positives = torch.rand(batch_size, batch_size + LABEL_BANK, generator=torch.Generator().manual_seed(0)) < 0.05
-
-    def step(module, optimizer, images, texts) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            image_embeds = module.vision_model(pixel_values=images).pooler_output
-            text_embeds = module.text_model(input_ids=texts).pooler_output
-        loss = sigmoid_loss(image_embeds.float(), text_embeds.float(), module.logit_scale, module.logit_bias,
-                            positives)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        optimizer.step()
-
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    with stage(f"demo architectures: {len(runs)} variants, interleaved"):
-        for _ in range(warmup):
-            for _, module, optimizer, images, texts in runs.values():
-                step(module, optimizer, images, texts)
-        for _ in range(max(1, steps // ROUND)):
-            for name, (_, module, optimizer, images, texts) in runs.items():
-                times[name] += common.time_calls(lambda m=module, o=optimizer, i=images, t=texts: step(m, o, i, t),
-                                                 warmup=0, iters=ROUND)
+        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+        positives = random_positives(images, texts)
+        runs[name] = (arch, module)
+        calls[name] = lambda m=module, o=optimizer, i=images, t=texts, p=positives: train_step(m, o, i, t, p, True)
+    times = time_interleaved("demo architectures", calls, steps=steps, warmup=warmup, round_size=ROUND)
     base_ms = common.summarize(times[next(iter(SIZES))])["p50"] * 1000
     rows = []
-    for name, (arch, module, _, _, _) in runs.items():
+    for name, (arch, module) in runs.items():
         median_ms = common.summarize(times[name])["p50"] * 1000
         rows.append({"variant": name, "image_tokens": (arch.image_size // arch.patch_size) ** 2,
                      "vision_params_m": sum(p.numel() for p in module.vision_model.parameters()) / 1e6,
                      "steps_timed": len(times[name]), "median_ms": median_ms, "vs_shipped": median_ms / base_ms,
-                     "steps_in_shipped_time": round(6400 * base_ms / median_ms)})
+                     "steps_in_shipped_time": round(shipped_steps * base_ms / median_ms)})
     return rows
 
 
