@@ -9,7 +9,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from sample_images import photo_like
 
@@ -40,12 +40,6 @@ API_KEYS = ("k1", "k2")  # conftest.strict_server
 
 
 # --- the server subprocess --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class LiveServer:

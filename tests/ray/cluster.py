@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,16 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from ports import free_ports
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 OBJECT_STORE_BYTES = 300 * 1024 * 1024  # the whole suite shares 2 cores and a few GB (brief: ~200-500 MB)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ray_executable() -> str:
@@ -44,17 +38,18 @@ class RayNode:
                  resources: str | None = None) -> None:
         self.temp_dir = temp_dir
         self.head = head_address is None
-        self.port = free_port() if self.head else None
+        ports = iter(free_ports(8))
+        self.port = next(ports) if self.head else None
         command = [ray_executable(), "start", "--block", "--node-ip-address", "127.0.0.1",
                    "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", temp_dir,
                    "--object-store-memory", str(OBJECT_STORE_BYTES),
-                   "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-                   "--dashboard-agent-grpc-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
-                   "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
+                   "--node-manager-port", str(next(ports)), "--object-manager-port", str(next(ports)),
+                   "--dashboard-agent-grpc-port", str(next(ports)), "--dashboard-agent-listen-port", str(next(ports)),
+                   "--metrics-export-port", str(next(ports)), "--runtime-env-agent-port", str(next(ports)),
                    "--disable-usage-stats", "--log-style", "record"]
         if self.head:
             command += ["--head", "--port", str(self.port), "--include-dashboard", "false",
-                        "--ray-client-server-port", str(free_port())]
+                        "--ray-client-server-port", str(next(ports))]
             self.address = f"127.0.0.1:{self.port}"
         else:
             command += ["--address", head_address]

@@ -18,8 +18,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from cluster import WAIT_S, RayNode, free_port, session_logs, wait_until
+from cluster import WAIT_S, RayNode, session_logs, wait_until
 from fastapi.testclient import TestClient
+from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from sample_images import photo_like
 

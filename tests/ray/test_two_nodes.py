@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import RayNode, free_port, short_temp_dir, wait_until
+from cluster import RayNode, short_temp_dir, wait_until
+from ports import free_port
 from sample_images import photo_like
 
 from siglip_serve.config import Settings
