@@ -1,11 +1,11 @@
 """Where the demo model's `clean` misses come from: one cross, turned in 10° steps, at three sizes.
 
-14 of the 37 `clean` shapes session 15's demo weights miss are crosses called squares. This turns one
-blue cross on a 256 px white canvas from 0° to 80° at 40%, 55% and 70% of the side, drawn twice: by
-`heldout_shapes`' rasterizer (4×4 supersampled geometry) and by the training generator's own polygons
-(`siglip_serve.training.shapes.draw_shape`), and writes, per angle, the 6-way top-1 and the cross
-logit minus the square logit ("This is a photo of {}."). Both drawings failing at the same angles says
-the misses are the model's, not one renderer's.
+16 of the 41 `clean` shapes session 17's demo weights miss (session 15's: 14 of 37) are crosses called
+squares. This turns one blue cross on a 256 px white canvas from 0° to 80° at 40%, 55% and 70% of the
+side, drawn twice: by `heldout_shapes`' rasterizer (4×4 supersampled geometry) and by the training
+generator's own polygons (`siglip_serve.training.shapes.draw_shape`), and writes, per angle, the
+6-way top-1 and the cross logit minus the square logit ("This is a photo of {}."). Both drawings
+failing at the same angles says the misses are the model's, not one renderer's.
 
     python bench/cross_rotation.py                 # the shipped demo model
     python bench/cross_rotation.py --model DIR     # another shapes checkpoint

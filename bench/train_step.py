@@ -231,7 +231,8 @@ def main() -> int:
         report.section("One fine-tuning step of base-224 (random weights)", common.markdown_table(base, COLUMNS))
     report.note("`siglip-serve train` uses eager attention on the CPU (in float32 too), SDPA elsewhere "
                 "(training.train.training_attention); serving, forward only, uses SDPA everywhere. "
-                "New models keep google's tanh GELU (`--hidden-act gelu` gives the exact one).")
+                "New models use the exact GELU since session 17 (`--hidden-act gelu_pytorch_tanh` gives "
+                "google's tanh approximation); the architecture table's rows use the defaults of their time.")
     report.write(args.out_dir)
     return 0
 

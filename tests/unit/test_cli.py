@@ -520,14 +520,14 @@ def test_the_readme_command_gives_the_shipped_demo_options() -> None:
     assert DEMO_COMMAND in README.read_text()
     args = build_parser().parse_args(shlex.split(DEMO_COMMAND)[1:])
     expected = TrainOptions(
-        out=Path("src/siglip_serve/demo/siglip-demo-shapes"), steps=6400, batch_size=64, lr=1e-3,
-        weight_decay=1e-4, warmup_steps=600, grad_clip=1.0, seed=0, data=None, pool_size=20_000, label_bank=True,
-        curriculum_steps=4400, easy_pool_size=8000, easy_steps=2200, middle_pool_size=12_000, middle_share=0.8,
+        out=Path("src/siglip_serve/demo/siglip-demo-shapes"), steps=7000, batch_size=64, lr=1e-3,
+        weight_decay=1e-4, warmup_steps=656, grad_clip=1.0, seed=0, data=None, pool_size=20_000, label_bank=True,
+        curriculum_steps=4812, easy_pool_size=8000, easy_steps=2406, middle_pool_size=12_000, middle_share=0.8,
         label_loss=10.0,
         temperature_lr_scale=None, init=None,
         architecture=Architecture(image_size=96, patch_size=12, vision_width=128, vision_layers=4, text_width=32,
                                   text_layers=2, head_dim=64, text_length=64, vocab_size=256,
-                                  hidden_act="gelu_pytorch_tanh"),
+                                  hidden_act="gelu"),
         save_dtype="float32", threads=2, device="auto", bf16=True, progress=True,
     )
     assert options_from_args(args) == expected

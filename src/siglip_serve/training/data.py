@@ -130,7 +130,7 @@ class ShapesPool:
 
     Drawing an image (background, shape, JPEG round trip, resize) costs about as much as a training
     step of the small demo model spends on it, so re-using each one several times (in the demo recipe an
-    easy image ~26 times, a middle one ~13 and a broad one ~2), each time under one of
+    easy image ~29 times, a middle one ~14 and a broad one ~2), each time under one of
     the 8 symmetries of the square (which change neither color nor shape) and with a newly drawn
     caption, nearly doubles the images per second. Pixels are stored after the checkpoint's resize,
     as uint8; normalization is `preprocess_image`'s own arithmetic.
