@@ -226,8 +226,11 @@ def test_two_replicas_ingest_and_search_one_collection(served: ServeProcess) -> 
         assert sorted(h["id"] for h in hits) == sorted(expected)  # each id once: upserts replaced, none lost
         assert client.get("/v1/collections/both").json()["count"] == len(expected)
     ingests_by_replica = _access_log_counts("POST /v1/collections/{name}/items 200", served.temp_dir)
-    assert len(ingests_by_replica) == 2 and all(ingests_by_replica.values()), (
-        f"both replicas should have ingested (Serve balances concurrent requests): {ingests_by_replica}")
+    # Count the replicas that ingested, not the log files: on a loaded machine Serve may have replaced a
+    # replica before this test (a CI run under load once showed a third log, with no requests in it).
+    ingested = [name for name, count in ingests_by_replica.items() if count]
+    assert len(ingested) >= 2, (
+        f"two replicas should have ingested (Serve balances concurrent requests): {ingests_by_replica}")
 
 
 def _access_log_counts(line: str, temp_dir: str) -> dict[str, int]:
