@@ -152,10 +152,9 @@ def measure_sizes(batch_size: int, steps: int, warmup: int) -> list[dict]:
 
     import torch
 
-    from siglip_serve.training.options import Architecture, TrainOptions
+    from siglip_serve.training.options import Architecture
     from siglip_serve.training.train import new_module
 
-    shipped_steps = TrainOptions.__dataclass_fields__["steps"].default
     runs, calls = {}, {}
     for name, changes in SIZES.items():
         arch = dataclasses.replace(Architecture(), **changes)
@@ -176,14 +175,22 @@ def measure_sizes(batch_size: int, steps: int, warmup: int) -> list[dict]:
         rows.append({"variant": name, "image_tokens": (arch.image_size // arch.patch_size) ** 2,
                      "vision_params_m": sum(p.numel() for p in module.vision_model.parameters()) / 1e6,
                      "steps_timed": len(times[name]), "median_ms": median_ms, "vs_shipped": median_ms / base_ms,
-                     "steps_in_shipped_time": round(shipped_steps * base_ms / median_ms)})
+                     "steps_in_shipped_time": round(shipped_steps() * base_ms / median_ms)})
     return rows
 
 
-SIZE_COLUMNS = [("variant", "architecture", ""), ("image_tokens", "image tokens", "d"),
-                ("vision_params_m", "vision params (M)", ".2f"), ("median_ms", "ms/step", ".0f"),
-                ("vs_shipped", "× shipped", ".2f"),
-                ("steps_in_shipped_time", "steps in 6,400 shipped steps' time", "d")]
+def shipped_steps() -> int:
+    """The step count of the shipped demo run: `siglip-serve train`'s default."""
+    from siglip_serve.training.options import TrainOptions
+
+    return TrainOptions.__dataclass_fields__["steps"].default
+
+
+def size_columns() -> list[tuple[str, str, str]]:
+    return [("variant", "architecture", ""), ("image_tokens", "image tokens", "d"),
+            ("vision_params_m", "vision params (M)", ".2f"), ("median_ms", "ms/step", ".0f"),
+            ("vs_shipped", "× shipped", ".2f"),
+            ("steps_in_shipped_time", f"steps in {shipped_steps():,} shipped steps' time", "d")]
 
 
 COLUMNS = [("attention", "attention", ""), ("activation", "activation", ""), ("autocast", "autocast", ""),
@@ -217,7 +224,7 @@ def main() -> int:
         sizes = measure_sizes(args.batch_size, args.size_steps, args.warmup)
         report.add("demo_sizes", sizes)
         report.section("One training step of larger demo architectures (bf16 autocast, eager attention)",
-                       common.markdown_table(sizes, SIZE_COLUMNS))
+                       common.markdown_table(sizes, size_columns()))
     if args.base_batch:
         # Fine-tuning a real-size model: the random base-224 checkpoint (google/siglip-base-patch16-224's
         # shapes; 196 image tokens, 12 layers per tower), its own activation.
