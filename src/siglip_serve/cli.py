@@ -62,8 +62,11 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
     add_option_arguments(parser, parser, ClassifyOptions)
 
 
-def add_models_arguments(models: argparse.ArgumentParser) -> None:
-    models.add_argument("--json", action="store_true", help="Every known fact of every checkpoint, as JSON.")
+def add_models_arguments(parser: argparse.ArgumentParser) -> None:
+    from siglip_serve.command_options import ModelsOptions
+    from siglip_serve.option_flags import add_option_arguments
+
+    add_option_arguments(parser, parser, ModelsOptions)
 
 
 def add_features_arguments(parser: argparse.ArgumentParser) -> None:
