@@ -1,8 +1,8 @@
 """Training step time of the demo model (`siglip-serve train`'s default architecture) and of a
 base-224 fine-tune on this machine:
 the attention kernel (PyTorch SDPA vs transformers' eager matmul + softmax), the MLP activation
-(exact GELU vs its tanh approximation) and the autocast dtype; and what a larger demo architecture
-(a finer patch grid, more layers, a wider tower, more heads) costs a step, as `siglip-serve train`
+(exact GELU vs its tanh approximation) and the autocast dtype; and what another demo architecture
+(a finer patch grid, more or fewer layers, a wider or narrower tower, more heads) costs a step, as `siglip-serve train`
 runs it (bf16 autocast, eager attention), which decides what fits the 30-minute budget.
 
 One step is what `train()` runs: the vision tower on a batch of images, the text tower on the batch's
@@ -133,7 +133,9 @@ def measure(template, variants: tuple[tuple[str, str | None], ...], images, text
     return rows
 
 
-# Larger demo architectures, each one change from the shipped one (`Architecture()`).
+# Other demo architectures, each a change from the shipped one (`Architecture()`); the last three are
+# session 18's runs P, Q and R (README "What was tried"), a finer grid or more steps bought with width,
+# depth or the text tower.
 SIZES = {
     "shipped (96 px, patch 12: 8x8 grid)": {},
     "108 px, patch 12 (9x9 grid)": {"image_size": 108},
@@ -142,6 +144,10 @@ SIZES = {
     "6 vision layers": {"vision_layers": 6},
     "vision width 192": {"vision_width": 192},
     "heads of 32 (4 heads)": {"head_dim": 32},
+    "120 px, patch 12 (10x10 grid), vision width 96 (2 heads of 48)": {"image_size": 120, "vision_width": 96,
+                                                                        "head_dim": 48},
+    "108 px, patch 12 (9x9 grid), 3 vision layers": {"image_size": 108, "vision_layers": 3},
+    "1 text layer": {"text_layers": 1},
 }
 
 
@@ -223,7 +229,7 @@ def main() -> int:
     if args.size_steps:
         sizes = measure_sizes(args.batch_size, args.size_steps, args.warmup)
         report.add("demo_sizes", sizes)
-        report.section("One training step of larger demo architectures (bf16 autocast, eager attention)",
+        report.section("One training step of other demo architectures (bf16 autocast, eager attention)",
                        common.markdown_table(sizes, size_columns()))
     if args.base_batch:
         # Fine-tuning a real-size model: the random base-224 checkpoint (google/siglip-base-patch16-224's

@@ -29,7 +29,8 @@ class Architecture:
     vocab_size: int = option(256, help="SentencePiece vocabulary asked for; a small corpus may give fewer pieces.")
     # google's HF configs name the tanh approximation; timm/open_clip's SigLIP ViTs use exact "gelu".
     # The demo uses exact GELU since session 17: a step took 0.92x as long under bf16 autocast on this CPU
-    # (188 against 205 ms, bench/results/train_step.md), which went into 7,000 steps (README "What was tried").
+    # (188 against 205 ms in session 16, 201 against 217 in session 18: bench/results/train_step.md),
+    # which went into 7,000 steps (README "What was tried").
     hidden_act: str = option("gelu", choices=("gelu", "gelu_pytorch_tanh"),
                              help="MLP activation: exact GELU, or the tanh approximation google's checkpoints name.")
 

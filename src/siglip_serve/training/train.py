@@ -139,7 +139,7 @@ def make_source(options: TrainOptions, setup: Setup) -> BatchSource:
 def training_attention(device: torch.device) -> str:
     """Attention kernel for training. On the CPU, transformers' eager matmul + softmax: PyTorch's fused
     attention backward is slower there for the demo's short sequences: under bf16 autocast a step took
-    280 against 205 ms with it on an AVX512-BF16 EPYC (bench/results/train_step.md), in float32 518
+    282 against 201 ms with it on an AVX512-BF16 EPYC (bench/results/train_step.md, exact GELU), in float32 518
     against 495 ms on an AVX2-only one (the same file, in git history). Elsewhere SDPA. Serving,
     forward only, keeps SDPA."""
     return "eager" if device.type == "cpu" else "sdpa"
