@@ -2,7 +2,7 @@
 
 Imports are per command: `siglip-serve classify` must start fast (2.5 s with the demo model on a quiet
 2-core machine, bench/cli_latency.py), so this module imports only the standard library and the light
-`siglip_serve.errors` / `siglip_serve.demo`; each command's arguments and code load when that command runs.
+`siglip_serve.errors`; each command's arguments and code load when that command runs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import sys
 import typing
 from collections.abc import Callable, Sequence
 
-from siglip_serve.demo import DEMO_MODEL_NAME
 from siglip_serve.errors import SiglipServeError
 
 if typing.TYPE_CHECKING:
@@ -62,11 +61,10 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
     add_option_arguments(parser, parser, ClassifyOptions)
 
 
-def add_models_arguments(parser: argparse.ArgumentParser) -> None:
-    from siglip_serve.command_options import ModelsOptions
-    from siglip_serve.option_flags import add_option_arguments
+def _add_models_arguments(parser: argparse.ArgumentParser) -> None:
+    from siglip_serve.models_command import add_models_arguments
 
-    add_option_arguments(parser, parser, ModelsOptions)
+    add_models_arguments(parser)
 
 
 def add_features_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +101,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
               _add_embed_arguments),
     "features": ("Dump the vision tower's patch tokens of one layer for images to .npz or .safetensors.",
                  add_features_arguments),
-    "models": ("List known checkpoints.", add_models_arguments),
+    "models": ("List known checkpoints.", _add_models_arguments),
     "train": ("Train a SigLIP with the sigmoid loss (shapes dataset) or fine-tune one on captioned images.",
               _add_train_arguments),
     "keys": ("Create, list and revoke API keys; show usage and cost.", _add_keys_arguments),
@@ -147,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from siglip_serve.accounts.cli import run_keys
 
             return run_keys(args)
+        from siglip_serve.models_command import run_models
+
         return run_models(args)
     except SiglipServeError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -256,48 +256,6 @@ def print_tables(results: list[dict]) -> None:
         width = max(len(p["label"]) for p in result["predictions"])
         for prediction in result["predictions"]:
             print(f"  {prediction['label']:<{width}}  {prediction['score']:.4f}")
-
-
-MODELS_LEGEND = (
-    "*  seed: one of the five checkpoints this server is built, tested and benchmarked around; every other "
-    "row loads the same way.",
-    "(default): the model used without --model: ships inside the package, works offline; not a real SigLIP "
-    "(trained here on synthetic colored shapes).",
-    "format: the files' layout (hf: transformers' config.json + model.safetensors; open_clip; hf-naflex: "
-    "SigLIP 2 NaFlex).",
-    "input: the square side in pixels and the resize filter; NaFlex checkpoints: the patch budget, aspect "
-    "ratio kept.",
-    "embed: embedding size. params: parameters of both towers, in millions. IN-1k 0-shot: published "
-    "ImageNet-1k zero-shot top-1 (sources: --json).",
-    "-  no figure: none published that we could source, so none is shown.",
-)
-
-
-def run_models(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from siglip_serve.models.registry import known_checkpoints
-
-    rows = [asdict(c) for c in known_checkpoints()]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    header = ("checkpoint", "family", "format", "input", "embed", "params", "IN-1k 0-shot")
-    table = [header] + [(
-        r["id"] + (" *" if r["seed"] else "") + (" (default)" if r["id"] == DEMO_MODEL_NAME else ""),
-        r["family"],
-        r["format"],
-        f"{r['image_size']} {r['resample']}" if r["image_size"] else f"<={r['max_num_patches']} patches",
-        str(r["embed_dim"]),
-        f"{r['params_m']:.1f}M" if r["params_m"] else "-",
-        f"{r['imagenet_zero_shot']:.1f}%" if r["imagenet_zero_shot"] else "-",
-    ) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    print()
-    print("\n".join(MODELS_LEGEND))
-    return 0
 
 
 if __name__ == "__main__":

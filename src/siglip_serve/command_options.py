@@ -1,4 +1,4 @@
-"""What `siglip-serve classify`, `features` and `models` can be asked to do, and the model choice every command shares.
+"""What `siglip-serve classify` and `features` can be asked to do, and the model choice every command shares.
 
 Each field is declared once, here, with its default and its help (`option`); the flags are generated from
 these fields (`option_flags.py`), as train's (`training/options.py`) and embed's (`jobs/options.py`) are.
@@ -47,11 +47,6 @@ class ClassifyOptions:
     device: str = setting_option("device")
     dtype: str = setting_option("dtype")
     json: bool = option(False, help="Print one JSON array instead of tables.")
-
-
-@dataclass(frozen=True)
-class ModelsOptions:
-    json: bool = option(False, help="Every known fact of every checkpoint, as JSON.")
 
 
 @dataclass(frozen=True)
