@@ -1,0 +1,99 @@
+"""Demo checkpoints side by side on several draws of the `clean` and `mild` held-out sets.
+
+`bench/demo_accuracy.py` scores one draw of 960 images per set (seed 7), whose noise is about
+±0.6 points on `clean` shapes: as large as the gain between two demo recipes. This scores each
+checkpoint on the same images, draw by draw (seeds 7, 8, 9 by default), so that the comparison is
+paired, and pools the draws. It also gives the README's hidden-set estimate per checkpoint:
+`clean − 0.24 × (clean − mild)`, the one-point calibration of the first demo model against the
+issue's own figures (README, "Which of these sets is like the hidden one?").
+
+    python bench/demo_draws.py                                       # the shipped demo alone
+
+bench/results/demo_draws.md holds session 19's weights beside session 17's (commit f239956), by
+
+    mkdir -p /tmp/old && git archive f239956 src/siglip_serve/demo/siglip-demo-shapes | tar -x -C /tmp/old
+    python bench/demo_draws.py \
+        --models shipped=siglip-demo-shapes,session-17=/tmp/old/src/siglip_serve/demo/siglip-demo-shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import common
+import heldout_shapes
+from common import Report
+
+PRESETS = ("clean", "mild")
+# Where the hidden set sat between `clean` and `mild` for the first demo model (README).
+HIDDEN_SET_POSITION = 0.24
+
+
+def parse_models(text: str) -> dict[str, str]:
+    models = {}
+    for item in text.split(","):
+        name, _, path = item.partition("=")
+        models[name] = path or name
+    return models
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="shipped=siglip-demo-shapes",
+                        help="Comma list of name=checkpoint (a directory or the demo's name).")
+    parser.add_argument("--seeds", default="7,8,9", help="heldout_shapes seeds, one draw each.")
+    parser.add_argument("--images", type=int, default=960, help="Images per set and draw.")
+    parser.add_argument("--name", default="demo_draws", help="Results file name.")
+    args = parser.parse_args()
+    common.quiet()
+    import siglip_serve
+    from siglip_serve.training.evaluate import zero_shot_accuracy
+
+    models = {name: siglip_serve.load(path, device="cpu", dtype="float32")
+              for name, path in parse_models(args.models).items()}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    report = Report(args.name, smoke=False, args=vars(args))
+    draws, totals = [], {(name, preset): {"combo": 0.0, "color": 0.0, "shape": 0.0} for name in models
+                         for preset in PRESETS}
+    for seed in seeds:
+        for preset in PRESETS:
+            samples = heldout_shapes.held_out_images(args.images, preset=preset, seed=seed)
+            for name, model in models.items():
+                accuracy = zero_shot_accuracy(model, samples)
+                row = {"model": name, "seed": seed, "set": preset, "combo": accuracy.combo,
+                       "color": accuracy.color, "shape": accuracy.shape}
+                draws.append(row)
+                print(row, flush=True)
+                for key in ("combo", "color", "shape"):
+                    totals[name, preset][key] += getattr(accuracy, key) / len(seeds)
+    pooled = []
+    for name in models:
+        clean, mild = totals[name, "clean"], totals[name, "mild"]
+        pooled.append({"model": name, "images": args.images * len(seeds),
+                       **{f"clean_{k}": clean[k] for k in ("combo", "color", "shape")},
+                       **{f"mild_{k}": mild[k] for k in ("combo", "color", "shape")},
+                       **{f"hidden_{k}": clean[k] - HIDDEN_SET_POSITION * (clean[k] - mild[k])
+                          for k in ("combo", "color", "shape")}})
+    report.add("draws", draws)
+    report.add("pooled", pooled)
+    percent = ".1%"
+    report.section(f"Per draw ({args.images} images per set; zero-shot top-1, \"This is a photo of {{}}.\")",
+                   common.markdown_table(draws, [("model", "model", ""), ("seed", "seed", ""), ("set", "set", ""),
+                                                 ("combo", "48-way", percent), ("color", "8 colors", percent),
+                                                 ("shape", "6 shapes", percent)]))
+    report.section(
+        f"Pooled over seeds {args.seeds}, and the hidden-set estimate clean − {HIDDEN_SET_POSITION} × (clean − mild) "
+        "(targets: 48-way >= 90%, colors >= 97%, shapes >= 95%)",
+        common.markdown_table(pooled, [("model", "model", ""), ("images", "images per set", ""),
+                                       ("clean_combo", "clean 48-way", percent),
+                                       ("clean_shape", "clean shapes", percent),
+                                       ("mild_combo", "mild 48-way", percent), ("mild_shape", "mild shapes", percent),
+                                       ("hidden_combo", "estimate 48-way", percent),
+                                       ("hidden_color", "estimate colors", percent),
+                                       ("hidden_shape", "estimate shapes", percent)]))
+    report.write()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
