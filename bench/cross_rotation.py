@@ -1,6 +1,6 @@
 """Where the demo model's `clean` misses come from: one cross, turned in 10° steps, at three sizes.
 
-19 of the 33 `clean` shapes session 19's demo weights miss (session 17's: 16 of 41) are crosses called
+15 of the 22 `clean` shapes session 19's demo weights miss (session 17's: 16 of 41) are crosses called
 squares. This turns one blue cross on a 256 px white canvas from 0° to 80° at 40%, 55% and 70% of the
 side, drawn twice: by `heldout_shapes`' rasterizer (4×4 supersampled geometry) and by the training
 generator's own polygons (`siglip_serve.training.shapes.draw_shape`), and writes, per angle, the

@@ -9,11 +9,12 @@ issue's own figures (README, "Which of these sets is like the hidden one?").
 
     python bench/demo_draws.py                                       # the shipped demo alone
 
-bench/results/demo_draws.md holds session 19's weights beside session 17's (commit f239956), by
+bench/results/demo_draws.md holds the shipped weights (weight decay 0.1) beside weight decay 0.05
+(commit cdb47d7) and session 17's (1e-4, commit f239956), by
 
-    mkdir -p /tmp/old && git archive f239956 src/siglip_serve/demo/siglip-demo-shapes | tar -x -C /tmp/old
-    python bench/demo_draws.py \
-        --models shipped=siglip-demo-shapes,session-17=/tmp/old/src/siglip_serve/demo/siglip-demo-shapes
+    for c in cdb47d7 f239956; do mkdir -p /tmp/$c && git archive $c src/siglip_serve/demo | tar -x -C /tmp/$c; done
+    A=/tmp/cdb47d7/src/siglip_serve/demo/siglip-demo-shapes B=/tmp/f239956/src/siglip_serve/demo/siglip-demo-shapes
+    python bench/demo_draws.py --models shipped=siglip-demo-shapes,wd-0.05=$A,session-17=$B
 """
 
 from __future__ import annotations
