@@ -324,8 +324,12 @@ def test_the_heatmap_equals_rerank(page: Page, http: httpx.Client, demo_server: 
         assert len(row) == len(texts)
         for j, text in enumerate(row):
             assert_shows(text, scores[j], f"{name} × {texts[j]}")
-    diagonal = [float(cells[i][i]) for i in range(3)]
-    assert all(value > 0.5 for value in diagonal), cells  # each image's own description scores highest
+    # Each image's own description scores highest in its row, above every other label by 10x at least.
+    # Not "above 0.5": a sigmoid probability is each pair's own, and session 19's demo weights give the
+    # blue square 0.25 with every other label under 1e-6.
+    for i, row in enumerate(cells):
+        values = [float(text) for text in row]
+        assert all(values[i] > 10 * value for j, value in enumerate(values) if j != i), cells
 
 
 # --- API keys -------------------------------------------------------------------------------------------------
