@@ -26,6 +26,7 @@ import heldout_shapes
 from common import Report
 
 PRESETS = ("clean", "mild")
+KEYS = ("combo", "color", "shape")
 # Where the hidden set sat between `clean` and `mild` for the first demo model (README).
 HIDDEN_SET_POSITION = 0.24
 
@@ -54,8 +55,7 @@ def main() -> int:
               for name, path in parse_models(args.models).items()}
     seeds = [int(s) for s in args.seeds.split(",")]
     report = Report(args.name, smoke=False, args=vars(args))
-    draws, totals = [], {(name, preset): {"combo": 0.0, "color": 0.0, "shape": 0.0} for name in models
-                         for preset in PRESETS}
+    draws = []
     for seed in seeds:
         for preset in PRESETS:
             samples = heldout_shapes.held_out_images(args.images, preset=preset, seed=seed)
@@ -65,16 +65,17 @@ def main() -> int:
                        "color": accuracy.color, "shape": accuracy.shape}
                 draws.append(row)
                 print(row, flush=True)
-                for key in ("combo", "color", "shape"):
-                    totals[name, preset][key] += getattr(accuracy, key) / len(seeds)
+
+    def pooled_over_seeds(name: str, preset: str) -> dict[str, float]:
+        rows = [r for r in draws if r["model"] == name and r["set"] == preset]
+        return {key: sum(r[key] for r in rows) / len(rows) for key in KEYS}
+
     pooled = []
     for name in models:
-        clean, mild = totals[name, "clean"], totals[name, "mild"]
+        clean, mild = pooled_over_seeds(name, "clean"), pooled_over_seeds(name, "mild")
         pooled.append({"model": name, "images": args.images * len(seeds),
-                       **{f"clean_{k}": clean[k] for k in ("combo", "color", "shape")},
-                       **{f"mild_{k}": mild[k] for k in ("combo", "color", "shape")},
-                       **{f"hidden_{k}": clean[k] - HIDDEN_SET_POSITION * (clean[k] - mild[k])
-                          for k in ("combo", "color", "shape")}})
+                       **{f"clean_{k}": clean[k] for k in KEYS}, **{f"mild_{k}": mild[k] for k in KEYS},
+                       **{f"hidden_{k}": clean[k] - HIDDEN_SET_POSITION * (clean[k] - mild[k]) for k in KEYS}})
     report.add("draws", draws)
     report.add("pooled", pooled)
     percent = ".1%"
