@@ -458,6 +458,26 @@ def test_the_keys_command(url: str, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "no key '999'" in capsys.readouterr().err
 
 
+def test_the_keys_command_refuses_what_the_admin_route_refuses(url: str, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from siglip_serve.cli import main
+
+    where = ["--data-dir", str(tmp_path), "--database-url", url, "--key-secret", SECRET.decode()]
+    for flags, named in ((["--rpm", "0"], "--rpm"), (["--credit-usd", "-1"], "--credit-usd"),
+                         (["--images-per-minute", "0"], "--images-per-minute")):
+        assert main(["keys", "create", "bad", *flags, *where]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {named}: Input should be greater than or equal to")
+    assert main(["keys", "create", "", *where]) == 2
+    assert capsys.readouterr().err.startswith("error: name: String should have at least 1 character")
+    assert main(["keys", "list", "--all", "--json", *where]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["keys", "create", "ok", "--images-per-day", "0", "--routes", "/v1/classify, /v1/embeddings",
+                 "--admin", "--json", *where]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert (created["limits"], created["routes"], created["admin"]) == (
+        {"images_per_day": 0}, ["/v1/classify", "/v1/embeddings"], True)
+
+
 def test_model_cards_show_what_the_model_pages_show() -> None:
     from siglip_serve.api.model_cards import model_card
     from siglip_serve.backend import ModelInfo

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from siglip_serve.api.protocol import KeyCreateRequest
 from siglip_serve.config import ENV_PREFIX, Settings
+from siglip_serve.errors import InvalidParameterError
 
 DATABASE_SETTINGS = ("data_dir", "database_url", "key_secret")
+Request = TypeVar("Request", bound=BaseModel)
 
 
 def add_keys_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,16 +34,7 @@ def add_keys_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="keys_command", required=True)
 
     create = commands.add_parser("create", parents=[common], help="Create a key; it is printed once.")
-    create.add_argument("name", help="A name for the key (shown in lists, usage and metrics).")
-    create.add_argument("--admin", action="store_true", help="May use /v1/admin/* and read every key's usage.")
-    create.add_argument("--expires", default=None, help="A duration from now (30d, 12h, 2w) or an ISO date (UTC).")
-    create.add_argument("--models", default=None, help="Comma-separated served model names it may use (default all).")
-    create.add_argument("--routes", default=None,
-                        help="Comma-separated path prefixes it may use, e.g. /v1/classify (default all).")
-    create.add_argument("--rpm", type=int, default=None, help="Requests per minute.")
-    create.add_argument("--images-per-minute", type=int, default=None)
-    create.add_argument("--images-per-day", type=int, default=None, help="Images per UTC day.")
-    create.add_argument("--credit-usd", type=float, default=None, help="Lifetime budget at the configured prices.")
+    add_request_flags(create, KeyCreateRequest)
 
     listing = commands.add_parser("list", parents=[common], help="List keys (prefixes only, never the keys).")
     listing.add_argument("--all", action="store_true", help="Include revoked keys.")
@@ -59,7 +56,7 @@ def run_keys(args: argparse.Namespace) -> int:
     try:
         now = utcnow()
         if args.keys_command == "create":
-            created = manage.create_key(store, hasher, new_key_from(args, now), now=now)
+            created = manage.create_key(store, hasher, request_from(args, KeyCreateRequest).new_key(now), now=now)
             row = {**record_row(created.record), "key": created.key}
             if args.json:
                 print(json.dumps(row, indent=2))
@@ -85,17 +82,59 @@ def run_keys(args: argparse.Namespace) -> int:
         store.close()
 
 
-def new_key_from(args: argparse.Namespace, now: Any) -> Any:
-    from siglip_serve.accounts import manage
-    from siglip_serve.accounts.types import Limits, NewKey
+def add_request_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """A flag per field of an admin API request model, so that the command and `POST /v1/admin/keys` share one
+    declaration: its description is the help, a required field is positional, a bool is a switch, a list is
+    comma-separated, and a nested model's fields are flags of their own (`--rpm` for `limits.rpm`)."""
+    for name, field in model.model_fields.items():
+        kind = _flag_type(field.annotation)
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            add_request_flags(parser, kind)
+        elif field.is_required():
+            parser.add_argument(name, help=field.description)
+        elif kind is bool:
+            parser.add_argument(_flag(name), dest=name, action="store_true", help=field.description)
+        elif kind is list:
+            parser.add_argument(_flag(name), dest=name, type=_comma_list, default=None,
+                                help=f"{field.description} Comma-separated.")
+        else:
+            parser.add_argument(_flag(name), dest=name, type=kind, default=None, help=field.description)
 
-    def split(text: str | None) -> tuple[str, ...] | None:
-        return None if text is None else tuple(part.strip() for part in text.split(",") if part.strip())
 
-    return NewKey(name=args.name, admin=args.admin, expires_at=manage.parse_expiry(args.expires, now),
-                  models=split(args.models), routes=split(args.routes),
-                  limits=Limits(rpm=args.rpm, images_per_minute=args.images_per_minute,
-                                images_per_day=args.images_per_day, credit_usd=args.credit_usd))
+def request_from(args: argparse.Namespace, model: type[Request]) -> Request:
+    """The request `add_request_flags` declared, validated as the route validates it (bounds included)."""
+    try:
+        return model.model_validate(_values(args, model))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][-1])
+        positional = name in model.model_fields and model.model_fields[name].is_required()
+        raise InvalidParameterError(error["msg"], param=name if positional else _flag(name)) from None
+
+
+def _values(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        kind = _flag_type(field.annotation)
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            values[name] = _values(args, kind)
+        elif getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    return values
+
+
+def _flag_type(annotation: Any) -> Any:
+    """`int | None` -> int, `list[str] | None` -> list, a model -> the model."""
+    kinds = [kind for kind in typing.get_args(annotation) if kind is not type(None)] or [annotation]
+    return typing.get_origin(kinds[0]) or kinds[0]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def record_row(record: Any) -> dict[str, Any]:

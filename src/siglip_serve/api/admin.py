@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request
 
 from siglip_serve.accounts import manage
 from siglip_serve.accounts.keys import shown_prefix
-from siglip_serve.accounts.types import NO_KEY_ID, KeyRecord, Limits, NewKey, UsageRow
+from siglip_serve.accounts.types import NO_KEY_ID, KeyRecord, UsageRow
 from siglip_serve.api import protocol as p
 from siglip_serve.api.security import account_of
 from siglip_serve.errors import AccountsUnavailableError, PermissionDeniedError
@@ -52,11 +52,7 @@ def key_info(record: KeyRecord) -> p.KeyInfo:
 async def create_key(body: p.KeyCreateRequest, request: Request) -> p.KeyCreated:
     accounts = accounts_of(request)
     now = accounts.now()
-    spec = NewKey(name=body.name, admin=body.admin, expires_at=manage.parse_expiry(body.expires, now),
-                  models=tuple(body.models) if body.models is not None else None,
-                  routes=tuple(body.routes) if body.routes is not None else None,
-                  limits=Limits(**body.limits.model_dump()))
-    created = await asyncio.to_thread(manage.create_key, accounts.store, accounts.hasher, spec, now=now)
+    created = await asyncio.to_thread(manage.create_key, accounts.store, accounts.hasher, body.new_key(now), now=now)
     accounts.invalidate()
     return p.KeyCreated(**key_info(created.record).model_dump(), key=created.key)
 

@@ -6,12 +6,14 @@ each named by its field so that errors point at the offending item.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, model_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import CoreSchema, core_schema
 
+from siglip_serve.accounts.types import Limits, NewKey
 from siglip_serve.engine.inputs import Input
 from siglip_serve.templates import DEFAULT_TEMPLATE
 
@@ -355,21 +357,33 @@ class SearchResponse(BaseModel):
 # --- /v1/admin/keys and /v1/usage -------------------------------------------------------
 
 
+# `siglip-serve keys create` takes its flags from these two models (accounts.cli), so a field's bounds and
+# description are declared once for the route and the command.
 class KeyLimits(Strict):
     rpm: int | None = Field(None, ge=1, description="Requests per minute.")
-    images_per_minute: int | None = Field(None, ge=1)
-    images_per_day: int | None = Field(None, ge=0, description="Per UTC day.")
-    credit_usd: float | None = Field(None, ge=0, description="Lifetime budget at the configured prices.")
+    images_per_minute: int | None = Field(None, ge=1, description="Images per minute.")
+    images_per_day: int | None = Field(None, ge=0, description="Images per UTC day.")
+    credit_usd: float | None = Field(None, ge=0, description="Lifetime budget in USD at the configured prices.")
 
 
 class KeyCreateRequest(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200,
+                      description="A name for the key, shown in lists, usage and metrics.")
     admin: bool = Field(False, description="May use /v1/admin/* and read every key's usage.")
     expires: str | None = Field(None, description="A duration from now (30d, 12h, 2w) or an ISO date/time (UTC).")
-    models: list[str] | None = Field(None, description="Served model names the key may use; null: all.")
-    routes: list[str] | None = Field(None, description="Path prefixes the key may use, e.g. /v1/classify; null: "
-                                     "all. /v1/models and /v1/usage are always allowed.")
+    models: list[str] | None = Field(None, description="Served model names the key may use (not given: all).")
+    routes: list[str] | None = Field(None, description="Path prefixes the key may use, e.g. /v1/classify (not "
+                                     "given: all); /v1/models and /v1/usage are always allowed.")
     limits: KeyLimits = Field(default_factory=KeyLimits)
+
+    def new_key(self, now: dt.datetime) -> NewKey:
+        """What the key store is asked to create; `expires` is read relative to `now`."""
+        from siglip_serve.accounts.manage import parse_expiry
+
+        return NewKey(name=self.name, admin=self.admin, expires_at=parse_expiry(self.expires, now),
+                      models=tuple(self.models) if self.models is not None else None,
+                      routes=tuple(self.routes) if self.routes is not None else None,
+                      limits=Limits(**self.limits.model_dump()))
 
 
 class KeyInfo(BaseModel):
