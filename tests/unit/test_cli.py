@@ -521,7 +521,7 @@ def test_the_readme_command_gives_the_shipped_demo_options() -> None:
     args = build_parser().parse_args(shlex.split(DEMO_COMMAND)[1:])
     expected = TrainOptions(
         out=Path("src/siglip_serve/demo/siglip-demo-shapes"), steps=7000, batch_size=64, lr=1e-3,
-        weight_decay=0.1, warmup_steps=656, grad_clip=1.0, seed=0, data=None, pool_size=20_000, label_bank=True,
+        weight_decay=0.2, warmup_steps=656, grad_clip=1.0, seed=0, data=None, pool_size=20_000, label_bank=True,
         curriculum_steps=4812, easy_pool_size=8000, easy_steps=2406, middle_pool_size=12_000, middle_share=0.8,
         label_loss=10.0,
         temperature_lr_scale=None, init=None,
